@@ -1,0 +1,1 @@
+"""Switchboard gateway: one platform connection, reported honestly into its CR status."""

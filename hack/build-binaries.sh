@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Build the control-plane binaries (kube-apiserver, kube-controller-manager, kubectl), etcd and
+# helm from pinned Go modules into a cache outside git. Idempotent: a finished binary is kept.
+#   SWITCHBOARD_CACHE  cache root (default ~/.cache/switchboard)
+# Prints the bin directories it filled, one per line, on stdout; progress goes to stderr.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+. "$here/versions.env"
+cache=${SWITCHBOARD_CACHE:-$HOME/.cache/switchboard}
+log() { printf '[build-binaries] %s\n' "$*" >&2; }
+
+command -v go >/dev/null || { log "go is not installed (need Go 1.26+)"; exit 1; }
+gov=$(go env GOVERSION)                       # e.g. go1.26.8
+minor=$(echo "$gov" | sed -E 's/^go1\.([0-9]+).*/\1/')
+if [ "$minor" -lt 26 ]; then log "need Go 1.26+, have $gov"; exit 1; fi
+# Go 1.27 turns jsonv2 on by default, and the apiserver then serves broken OpenAPI.
+if [ "$minor" -ge 27 ]; then export GOEXPERIMENT=nojsonv2; fi
+export GOFLAGS="${GOFLAGS:-} -mod=mod" CGO_ENABLED=0 GOTOOLCHAIN=local
+
+# wrapper DIR MODULE REQUIRE... : a throwaway main module that pins what we build.
+wrapper() {
+  local dir=$1 mod=$2; shift 2
+  mkdir -p "$dir"
+  { echo "module $mod"; echo; echo "go 1.26"; } >"$dir/go.mod"
+  for r in "$@"; do echo "$r" >>"$dir/go.mod"; done
+}
+
+build() { # build DIR OUT PKG [LDFLAGS]
+  local dir=$1 out=$2 pkg=$3 ldflags=${4:-}
+  if [ -x "$out" ]; then log "cached: $out"; return; fi
+  local t0=$SECONDS
+  log "building $(basename "$out") from $pkg ..."
+  (cd "$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg")
+  mv "$out.tmp" "$out"
+  log "built $(basename "$out") in $((SECONDS - t0)) s"
+}
+
+# --- etcd ---------------------------------------------------------------------------------
+etcd_dir=$cache/etcd-$ETCD_VERSION
+mkdir -p "$etcd_dir/bin"
+if [ ! -x "$etcd_dir/bin/etcd" ]; then
+  e=$ETCD_VERSION
+  wrapper "$etcd_dir/src" switchboard.local/etcd-build \
+    "require go.etcd.io/etcd/server/v3 $e" \
+    "replace (" \
+    "  go.etcd.io/etcd/api/v3 => go.etcd.io/etcd/api/v3 $e" \
+    "  go.etcd.io/etcd/client/pkg/v3 => go.etcd.io/etcd/client/pkg/v3 $e" \
+    "  go.etcd.io/etcd/client/v3 => go.etcd.io/etcd/client/v3 $e" \
+    "  go.etcd.io/etcd/pkg/v3 => go.etcd.io/etcd/pkg/v3 $e" \
+    ")"
+  echo 'package tools; import _ "go.etcd.io/etcd/server/v3"' >"$etcd_dir/src/tools.go"
+  (cd "$etcd_dir/src" && go mod tidy >/dev/null 2>&1 || true)
+  build "$etcd_dir/src" "$etcd_dir/bin/etcd" go.etcd.io/etcd/server/v3
+fi
+
+# --- Kubernetes ---------------------------------------------------------------------------
+k8s_dir=$cache/k8s-$K8S_VERSION
+mkdir -p "$k8s_dir/bin"
+staging_v=v0.${K8S_VERSION#v1.}
+staging="api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider
+  cluster-bootstrap code-generator component-base component-helpers controller-manager cri-api
+  cri-client cri-streaming csi-translation-lib dynamic-resource-allocation endpointslice externaljwt
+  kms kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
+  mount-utils pod-security-admission sample-apiserver sample-cli-plugin sample-controller streaming"
+need_k8s=0
+for b in kube-apiserver kube-controller-manager kubectl; do [ -x "$k8s_dir/bin/$b" ] || need_k8s=1; done
+if [ $need_k8s = 1 ]; then
+  reps=("replace (")
+  for m in $staging; do reps+=("  k8s.io/$m => k8s.io/$m $staging_v"); done
+  reps+=(")")
+  wrapper "$k8s_dir/src" switchboard.local/k8s-build "require k8s.io/kubernetes $K8S_VERSION" "${reps[@]}"
+  cat >"$k8s_dir/src/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  major=${K8S_VERSION#v}; major=${major%%.*}
+  kminor=${K8S_VERSION#v*.}; kminor=${kminor%%.*}
+  ld=""
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$kminor"
+    ld+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  for b in kube-apiserver kube-controller-manager kubectl; do
+    build "$k8s_dir/src" "$k8s_dir/bin/$b" "k8s.io/kubernetes/cmd/$b" "$ld"
+  done
+fi
+
+# --- helm ---------------------------------------------------------------------------------
+helm_dir=$cache/helm-$HELM_VERSION
+mkdir -p "$helm_dir/bin"
+if [ ! -x "$helm_dir/bin/helm" ]; then
+  wrapper "$helm_dir/src" switchboard.local/helm-build "require helm.sh/helm/v3 $HELM_VERSION"
+  echo 'package tools; import _ "helm.sh/helm/v3/cmd/helm"' >"$helm_dir/src/tools.go"
+  hv=helm.sh/helm/v3/internal/version
+  build "$helm_dir/src" "$helm_dir/bin/helm" helm.sh/helm/v3/cmd/helm "-X $hv.version=$HELM_VERSION"
+fi
+
+echo "$k8s_dir/bin"
+echo "$etcd_dir/bin"
+echo "$helm_dir/bin"

@@ -1,0 +1,1 @@
+"""Switchboard operator: turns PlatformConnections into gateway Deployments."""

@@ -1,0 +1,42 @@
+"""Locate (building on first use) the pinned control-plane binaries: see hack/build-binaries.sh."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / "hack" / "build-binaries.sh"
+
+
+@dataclass(frozen=True)
+class Binaries:
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kubectl: Path
+    helm: Path
+
+    @property
+    def path_dirs(self) -> list[str]:
+        """Directories to put first on PATH so `kubectl` and `helm` are the pinned ones."""
+        return sorted({str(p.parent) for p in (self.kubectl, self.helm, self.etcd)})
+
+    @classmethod
+    def ensure(cls) -> Binaries:
+        """Run the idempotent build script (a no-op with a warm cache) and return the paths."""
+        out = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, text=True,
+                             stdout=subprocess.PIPE, env=os.environ.copy()).stdout
+        dirs = [Path(line) for line in out.splitlines() if line.strip()]
+
+        def find(name: str) -> Path:
+            for d in dirs:
+                if (d / name).is_file():
+                    return d / name
+            raise FileNotFoundError(f"{name} not in {dirs}")
+
+        return cls(etcd=find("etcd"), kube_apiserver=find("kube-apiserver"),
+                   kube_controller_manager=find("kube-controller-manager"),
+                   kubectl=find("kubectl"), helm=find("helm"))

@@ -1,0 +1,68 @@
+"""Control plane plus local node: one object the fixture, the CLI and the demo start and stop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kubernetes import client, config
+
+from switchboard_testkit.binaries import Binaries
+from switchboard_testkit.controlplane import ControlPlane, State, log_tails, stop_all, wait_for
+from switchboard_testkit.localnode import NODE_NAME
+
+
+class Cluster:
+    def __init__(self, workdir: Path, binaries: Binaries | None = None,
+                 crashloop_base: float = 10.0) -> None:
+        self.workdir = workdir.resolve()
+        self.binaries = binaries or Binaries.ensure()
+        self.plane = ControlPlane(self.workdir, self.binaries)
+        self.crashloop_base = crashloop_base
+        self.timings: dict[str, float] = {}
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.plane.kubeconfig
+
+    def env(self) -> dict[str, str]:
+        """Environment for subprocesses: this cluster's kubeconfig, pinned kubectl/helm first."""
+        path = os.pathsep.join([*self.binaries.path_dirs, os.environ.get("PATH", "")])
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": path}
+
+    def start(self, timeout: float = 120.0) -> State:
+        state = self.plane.start(timeout)
+        t0 = time.monotonic()
+        self.plane._spawn("local-node", [
+            sys.executable, "-m", "switchboard_testkit.localnode",
+            f"--kubeconfig={self.kubeconfig}", f"--workdir={self.workdir}",
+            f"--crashloop-base={self.crashloop_base}",
+        ], env=self.env())
+        core = client.CoreV1Api(self.api_client())
+        wait_for(lambda: _node_ready(core), timeout, f"node {NODE_NAME} Ready")
+        self.timings = {**self.plane.timings, "local-node": time.monotonic() - t0}
+        return state
+
+    def stop(self) -> None:
+        stop_all(self.plane.state or State.load(self.workdir))
+
+    def api_client(self) -> client.ApiClient:
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=cfg)
+        return client.ApiClient(cfg)
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.binaries.kubectl), *args], env=self.env(), text=True,
+                              capture_output=True, check=check, input=input, timeout=timeout)
+
+    def log_tails(self, lines: int = 40) -> str:
+        return log_tails(self.workdir, lines)
+
+
+def _node_ready(core: client.CoreV1Api) -> bool:
+    node = core.read_node(NODE_NAME)
+    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])

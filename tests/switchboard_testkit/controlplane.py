@@ -1,0 +1,291 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager.
+
+The same code backs `make cluster-up`/`make cluster-down` and the pytest session fixture. Every
+process is started here, recorded in `<workdir>/state.json` by PID and stopped only by that PID.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import signal
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from switchboard_testkit import certs
+from switchboard_testkit.binaries import Binaries
+from switchboard_testkit.net import free_port
+
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+@dataclass
+class State:
+    """What `cluster-down` and log collection need to know about a running plane."""
+
+    workdir: str
+    kubeconfig: str
+    server: str
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, workdir: Path) -> State:
+        return cls(**json.loads((workdir / "state.json").read_text()))
+
+    def save(self) -> None:
+        path = Path(self.workdir) / "state.json"
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str,
+              interval: float = 0.1) -> object:
+    """Poll `predicate` until it returns something truthy; raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # the thing we wait for may fail until it is up
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
+                       + (f" (last error: {last_error})" if last_error else ""))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return _not_zombie(pid)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def stop_pid(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM the process group led by `pid`, SIGKILL it after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if not pid_alive(pid):
+            return
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.05)
+
+
+def log_tails(workdir: Path, lines: int = 40) -> str:
+    """The last lines of every component log, for a failing test's report."""
+    out = []
+    for log in sorted((workdir / "logs").glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"----- {log.name} (last {len(tail)} lines) -----")
+        out.extend(tail)
+    return "\n".join(out)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class ControlPlane:
+    """Starts and stops etcd, kube-apiserver and kube-controller-manager in `workdir`."""
+
+    def __init__(self, workdir: Path, binaries: Binaries) -> None:
+        self.workdir = workdir.resolve()
+        self.bin = binaries
+        self.pki = self.workdir / "pki"
+        self.logs = self.workdir / "logs"
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.state: State | None = None
+        self.timings: dict[str, float] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, timeout: float = 90.0) -> State:
+        for d in (self.pki, self.logs, self.workdir / "etcd"):
+            d.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        ca = certs.CertificateAuthority(self.pki, "cluster")
+        front_ca = certs.CertificateAuthority(self.pki, "front-proxy")
+        api_port, etcd_port, etcd_peer = free_port(), free_port(), free_port()
+        server = f"https://127.0.0.1:{api_port}"
+        self.state = State(workdir=str(self.workdir), kubeconfig=str(self.kubeconfig),
+                           server=server)
+        self.state.save()
+
+        self._spawn("etcd", [
+            str(self.bin.etcd), "--name=switchboard", f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-cluster=switchboard=http://127.0.0.1:{etcd_peer}",
+            # A test cluster loses nothing it needs on a crash; fsync would dominate start-up.
+            "--unsafe-no-fsync", "--log-level=warn", "--quota-backend-bytes=4294967296",
+        ])
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"), timeout, "etcd health")
+        self.timings["etcd"] = time.monotonic() - t0
+
+        serving = ca.issue("apiserver", "kube-apiserver",
+                           server_names=("localhost", "kubernetes", "kubernetes.default",
+                                         "kubernetes.default.svc",
+                                         "kubernetes.default.svc.cluster.local"),
+                           server_ips=("127.0.0.1", "10.96.0.1"))
+        admin = ca.issue("admin", "switchboard-admin", organization="system:masters")
+        kcm = ca.issue("controller-manager", "system:kube-controller-manager")
+        proxy = front_ca.issue("front-proxy-client", "front-proxy-client")
+        sa = certs.service_account_keypair(self.pki)
+        token = secrets.token_hex(16)
+        tokens = self.pki / "tokens.csv"
+        tokens.write_text(f"{token},switchboard-admin,switchboard-admin,system:masters\n")
+        tokens.chmod(0o600)
+
+        t1 = time.monotonic()
+        self._spawn("kube-apiserver", [
+            str(self.bin.kube_apiserver),
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={api_port}",
+            f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+            f"--client-ca-file={ca.cert_path}", f"--token-auth-file={tokens}",
+            "--authorization-mode=RBAC",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--api-audiences={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={sa.cert}",
+            f"--service-account-signing-key-file={sa.key}",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            # There is no Service network on loopback: the default endpoint reconciler would
+            # fight over the kubernetes Service's endpoints and never settle.
+            "--endpoint-reconciler-type=none",
+            f"--requestheader-client-ca-file={front_ca.cert_path}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={proxy.cert}", f"--proxy-client-key-file={proxy.key}",
+            "--allow-privileged=true", "--profiling=false", "--event-ttl=1h",
+        ])
+        self._write_kubeconfig(self.kubeconfig, server, ca.cert_path, admin, "admin")
+        self._write_kubeconfig(self.workdir / "controller-manager.kubeconfig", server,
+                               ca.cert_path, kcm, "controller-manager")
+        ctx = _client_ssl(ca.cert_path, admin)
+        wait_for(lambda: _http_ok(f"{server}/readyz", ctx), timeout, "kube-apiserver /readyz")
+        self.timings["kube-apiserver"] = time.monotonic() - t1
+
+        t2 = time.monotonic()
+        kcm_config = self.workdir / "controller-manager.kubeconfig"
+        self._spawn("kube-controller-manager", [
+            str(self.bin.kube_controller_manager),
+            f"--kubeconfig={kcm_config}",
+            f"--authentication-kubeconfig={kcm_config}",
+            f"--authorization-kubeconfig={kcm_config}",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+            f"--cert-dir={self.pki / 'kcm-serving'}",
+            f"--service-account-private-key-file={sa.key}",
+            f"--root-ca-file={ca.cert_path}",
+            f"--cluster-signing-cert-file={ca.cert_path}",
+            f"--cluster-signing-key-file={ca.key_path}",
+            "--use-service-account-credentials=true",
+            "--leader-elect=false", "--profiling=false",
+        ])
+        wait_for(lambda: _http_ok(
+            f"{server}/api/v1/namespaces/default/serviceaccounts/default", ctx),
+            timeout, "the default ServiceAccount (kube-controller-manager)")
+        self.timings["kube-controller-manager"] = time.monotonic() - t2
+        self.timings["total"] = time.monotonic() - t0
+        return self.state
+
+    def stop(self) -> None:
+        state = self.state or State.load(self.workdir)
+        stop_all(state)
+
+    def memory_mib(self) -> dict[str, float]:
+        assert self.state
+        return {name: rss_mib(pid) for name, pid in self.state.pids.items() if pid_alive(pid)}
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+        assert self.state
+        log = open(self.logs / f"{name}.log", "ab")  # handed to the child
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                cwd=self.workdir, env=env)
+        log.close()
+        self.state.pids[name] = proc.pid
+        self.state.save()
+        return proc.pid
+
+    @staticmethod
+    def _write_kubeconfig(path: Path, server: str, ca: Path, client: certs.KeyPair,
+                          user: str) -> None:
+        def b64(p: Path) -> str:
+            return base64.b64encode(p.read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "switchboard",
+            "clusters": [{"name": "switchboard", "cluster": {
+                "server": server, "certificate-authority-data": b64(ca)}}],
+            "users": [{"name": user, "user": {
+                "client-certificate-data": b64(client.cert),
+                "client-key-data": b64(client.key)}}],
+            "contexts": [{"name": "switchboard", "context": {
+                "cluster": "switchboard", "user": user, "namespace": "default"}}],
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+
+
+def stop_all(state: State) -> None:
+    """Stop every recorded process, newest first, and forget them."""
+    for name in reversed(list(state.pids)):
+        stop_pid(state.pids[name])
+    state.pids.clear()
+    state.save()
+
+
+def _client_ssl(ca: Path, client: certs.KeyPair) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.load_cert_chain(str(client.cert), str(client.key))
+    return ctx
+
+
+def _http_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
