@@ -1,0 +1,60 @@
+# Switchboard developer targets (the names kubebuilder projects use).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CLUSTER_DIR ?= .cluster
+# The kubeconfig `make install` / `make run` use: $KUBECONFIG, else the local cluster's.
+KUBECONFIG ?= $(CURDIR)/$(CLUSTER_DIR)/kubeconfig
+export KUBECONFIG
+
+.PHONY: help venv binaries test lint cluster-up cluster-down cluster-status install run demo bench clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed ## create .venv with the project and its dev tools
+
+binaries: ## build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached)
+	@bash hack/build-binaries.sh >/dev/null
+
+test: venv binaries ## run the whole test suite (starts its own control plane)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: venv ## ruff
+	$(BIN)/ruff check .
+
+cluster-up: venv binaries ## start etcd, kube-apiserver, kube-controller-manager and the local node
+	$(BIN)/switchboard-devcluster up --workdir $(CLUSTER_DIR)
+
+cluster-down: ## stop exactly the processes cluster-up started
+	@if [ -x $(BIN)/switchboard-devcluster ]; then $(BIN)/switchboard-devcluster down --workdir $(CLUSTER_DIR); fi
+
+cluster-status: ## processes and memory of the local cluster
+	$(BIN)/switchboard-devcluster status --workdir $(CLUSTER_DIR)
+
+install: binaries ## apply the CRDs to the current kubeconfig
+	PATH="$$(bash hack/build-binaries.sh | tr '\n' ':')$$PATH" kubectl apply --server-side -f crds/
+
+run: venv install ## run the operator against the current kubeconfig
+	$(BIN)/switchboard-operator --all-namespaces
+
+demo: venv binaries ## the local demo (arrives with the Helm chart, see README)
+	@echo "make demo is not built yet: it arrives with the Helm chart (issue 5). Today: make cluster-up, make install, make run." >&2
+	@exit 2
+
+bench: venv binaries ## print the benchmark figures
+	$(BIN)/python bench/operator_scale.py
+	$(BIN)/python bench/gateway_relay.py
+
+clean: cluster-down ## remove the local cluster state and the venv
+	rm -rf $(CLUSTER_DIR) $(VENV)
