@@ -30,7 +30,10 @@ class Cluster:
 
     def env(self) -> dict[str, str]:
         """Environment for subprocesses: this cluster's kubeconfig, pinned kubectl/helm first."""
-        path = os.pathsep.join([*self.binaries.path_dirs, os.environ.get("PATH", "")])
+        # The venv's bin first: pods on the local node run `switchboard-gateway` and
+        # `switchboard-operator` from it, even when this venv was never activated.
+        venv_bin = str(Path(sys.executable).parent)
+        path = os.pathsep.join([venv_bin, *self.binaries.path_dirs, os.environ.get("PATH", "")])
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": path}
 
     def start(self, timeout: float = 120.0) -> State:
