@@ -1,0 +1,25 @@
+# One image for the operator and the gateway: the operator's Deployment runs `switchboard-operator`,
+# gateway Deployments run `switchboard-gateway`. Cannot be built on the development machines (no
+# Docker engine there); CI for images belongs to a registry-connected pipeline.
+# Base pinned by exact version; pin it by digest as well in your registry mirror.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+RUN python -m venv /opt/switchboard
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+COPY gateway/ gateway/
+# The test kit ships with the package (the demo uses its fake servers); tests themselves do not.
+COPY tests/switchboard_testkit/ tests/switchboard_testkit/
+RUN /opt/switchboard/bin/pip install --no-cache-dir --no-compile . \
+ && /opt/switchboard/bin/python -m compileall -q /opt/switchboard/lib
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.source="https://github.com/switchboard-dev/switchboard" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /opt/switchboard /opt/switchboard
+ENV PATH=/opt/switchboard/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# 65532 is the conventional "nonroot" uid; the pods' restricted securityContext matches it.
+USER 65532:65532
+CMD ["switchboard-operator", "--all-namespaces"]
