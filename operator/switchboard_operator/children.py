@@ -1,0 +1,229 @@
+"""Pure builders of a PlatformConnection's children: ServiceAccount, Role, RoleBinding, Deployment.
+
+All four carry an owner reference (controller=true) to the PlatformConnection, so deleting it
+lets the garbage collector remove them; the operator needs no finalizer. The gateway pod contract
+(env, ports, probes) is docs/design.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from switchboard_operator import __version__
+from switchboard_operator.secrets import SecretRef
+
+API_VERSION = "switchboard.dev/v1alpha1"
+KIND = "PlatformConnection"
+DEFAULT_IMAGE = f"ghcr.io/switchboard-dev/switchboard:{__version__}"
+HEALTH_PORT = 8080
+METRICS_PORT = 9090
+GATEWAY_UID = 65532
+
+LABEL_CONNECTION = "switchboard.dev/connection"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "switchboard-operator"}
+# On the pod template: a spec change or a Secret rotation changes the template, so the
+# Deployment rolls the pod (like `kubectl rollout restart`).
+ANN_SPEC_HASH = "switchboard.dev/spec-hash"
+ANN_SECRET_HASH = "switchboard.dev/secret-hash"
+# On the Deployment: hash of everything the operator applied last; equal means nothing to do
+# (this is what makes a restarted operator skip re-applying unchanged children).
+ANN_APPLIED_HASH = "switchboard.dev/applied-hash"
+
+RESERVED_ENV_PREFIX = "SWITCHBOARD_"
+
+
+def child_name(connection: str) -> str:
+    return f"{connection}-gateway"
+
+
+def labels(connection: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "switchboard-gateway",
+        "app.kubernetes.io/instance": connection,
+        "app.kubernetes.io/component": "gateway",
+        **MANAGED_BY,
+        LABEL_CONNECTION: connection,
+    }
+
+
+def pod_selector(connection: str) -> str:
+    """Label selector of a connection's gateway pods."""
+    return f"{LABEL_CONNECTION}={connection},app.kubernetes.io/name=switchboard-gateway"
+
+
+def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """Hash of the spec minus suspend (suspend only scales; it must not count as a change)."""
+    relevant = {k: v for k, v in spec.items() if k != "suspend"}
+    return _hash(relevant)
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _meta(body: Mapping[str, Any]) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    return {"name": child_name(name), "namespace": body["metadata"]["namespace"],
+            "labels": labels(name), "ownerReferences": [owner_reference(body)]}
+
+
+def service_account(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(body)}
+
+
+def role(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Least privilege: read its own PlatformConnection, write only its own status, post Events.
+
+    resourceNames pin every rule to this connection, so one gateway's token cannot read or
+    patch another connection (get/watch with resourceNames work with a metadata.name field
+    selector, which is how the gateway watches itself).
+    """
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(body),
+        "rules": [
+            {"apiGroups": ["switchboard.dev"], "resources": ["platformconnections"],
+             "resourceNames": [name], "verbs": ["get", "watch", "list"]},
+            {"apiGroups": ["switchboard.dev"], "resources": ["platformconnections/status"],
+             "resourceNames": [name], "verbs": ["get", "patch", "update"]},
+            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"],
+             "verbs": ["create", "patch"]},
+        ],
+    }
+
+
+def role_binding(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = _meta(body)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                    "name": meta["name"]},
+        "subjects": [{"kind": "ServiceAccount", "name": meta["name"],
+                      "namespace": meta["namespace"]}],
+    }
+
+
+def gateway_env(body: Mapping[str, Any], ref: SecretRef | None) -> list[dict[str, Any]]:
+    """The gateway's environment (docs/design.md: gateway pod contract)."""
+    meta, spec = body["metadata"], body["spec"]
+    platform = spec["platform"]
+    env: list[dict[str, Any]] = [
+        {"name": "SWITCHBOARD_CONNECTION", "value": meta["name"]},
+        {"name": "SWITCHBOARD_NAMESPACE", "value": meta["namespace"]},
+        {"name": "SWITCHBOARD_PLATFORM", "value": platform},
+    ]
+    if spec.get("apiBaseURL"):
+        env.append({"name": "SWITCHBOARD_API_BASE_URL", "value": spec["apiBaseURL"]})
+    backend = spec.get("backend") or {}
+    if backend.get("url"):
+        env.append({"name": "SWITCHBOARD_BACKEND_URL", "value": backend["url"]})
+    if backend.get("echo"):
+        env.append({"name": "SWITCHBOARD_BACKEND_ECHO", "value": "true"})
+    env.append({"name": "SWITCHBOARD_BACKEND_TIMEOUT",
+                "value": str(backend.get("timeoutSeconds", 10))})
+    platform_spec = spec.get(platform) or {}
+    env.append({"name": "SWITCHBOARD_RECONNECT",
+                "value": json.dumps(platform_spec.get("reconnect") or {}, sort_keys=True)})
+    # Not in the design table, but the gateway needs them and they are spec.<platform> fields.
+    if platform == "telegram" and "conflictRetries" in platform_spec:
+        env.append({"name": "SWITCHBOARD_TELEGRAM_CONFLICT_RETRIES",
+                    "value": str(platform_spec["conflictRetries"])})
+    if platform == "qqbot" and "intents" in platform_spec:
+        env.append({"name": "SWITCHBOARD_QQ_INTENTS", "value": str(platform_spec["intents"])})
+    if ref is not None:
+        for var, key in ref.keys.items():
+            env.append({"name": var,
+                        "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}})
+    env += [
+        {"name": "SWITCHBOARD_POD_NAME",
+         "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "SWITCHBOARD_BIND_ADDRESS",
+         "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
+    # The user's extra env cannot override the contract (names are unique in the list).
+    ours = {e["name"] for e in env}
+    extra = (spec.get("gateway") or {}).get("env") or []
+    env += [dict(e) for e in extra if e.get("name") not in ours]
+    return env
+
+
+def deployment(body: Mapping[str, Any], ref: SecretRef | None, *, replicas: int,
+               secret_hash: str) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    spec = body["spec"]
+    gw = spec.get("gateway") or {}
+    meta = _meta(body)
+    selector = {LABEL_CONNECTION: name, "app.kubernetes.io/name": "switchboard-gateway"}
+    container: dict[str, Any] = {
+        "name": "gateway",
+        "image": gw.get("image") or DEFAULT_IMAGE,
+        "command": ["switchboard-gateway"],
+        "env": gateway_env(body, ref),
+        "ports": [{"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"},
+                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"},
+                          "initialDelaySeconds": 5, "periodSeconds": 10, "timeoutSeconds": 3,
+                          "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "health"},
+                           "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 2},
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": GATEWAY_UID, "runAsGroup": GATEWAY_UID,
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # The root filesystem is read-only; Python and libraries may want a scratch /tmp.
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if gw.get("imagePullPolicy"):
+        container["imagePullPolicy"] = gw["imagePullPolicy"]
+    if gw.get("resources"):
+        container["resources"] = gw["resources"]
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": meta["name"],
+        "automountServiceAccountToken": True,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": GATEWAY_UID,
+                            "runAsGroup": GATEWAY_UID, "fsGroup": GATEWAY_UID,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+    }
+    if gw.get("nodeSelector"):
+        pod_spec["nodeSelector"] = gw["nodeSelector"]
+    if gw.get("tolerations"):
+        pod_spec["tolerations"] = gw["tolerations"]
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+        "spec": {
+            "replicas": replicas,
+            # Two Telegram pollers on one token conflict (HTTP 409): never overlap pods.
+            "strategy": {"type": "Recreate"},
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels(name),
+                             "annotations": {ANN_SPEC_HASH: spec_hash(spec),
+                                             ANN_SECRET_HASH: secret_hash}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def build(body: Mapping[str, Any], ref: SecretRef | None, *, replicas: int,
+          secret_hash: str) -> list[dict[str, Any]]:
+    """All children, in apply order (the Deployment last, stamped with the hash of all)."""
+    objs = [service_account(body), role(body), role_binding(body),
+            deployment(body, ref, replicas=replicas, secret_hash=secret_hash)]
+    objs[-1]["metadata"]["annotations"] = {ANN_APPLIED_HASH: _hash(objs)}
+    return objs

@@ -1,0 +1,172 @@
+"""A small async Kubernetes API client for the operator's own writes (aiohttp).
+
+kopf only watches for us (it never writes: there are no change-detecting handlers). Every write
+the operator makes goes through this client, so each one is deliberate and counted
+(``switchboard_operator_api_requests_total``). Credentials come from kopf's own login
+(kubeconfig or in-cluster ServiceAccount), so both use the same identity.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+import kopf
+
+from switchboard_operator import metrics
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "switchboard-operator"
+USER_AGENT = "switchboard-operator"
+GROUP = "switchboard.dev"
+VERSION = "v1alpha1"
+PLURAL = "platformconnections"
+
+# Kinds the operator applies, and their REST paths (namespaced).
+_PATHS = {
+    ("v1", "ServiceAccount"): "/api/v1/namespaces/{ns}/serviceaccounts/{name}",
+    ("rbac.authorization.k8s.io/v1", "Role"):
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/{name}",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"):
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/{name}",
+    ("apps/v1", "Deployment"): "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+    ("coordination.k8s.io/v1", "Lease"):
+        "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: str, what: str) -> None:
+        super().__init__(f"{what}: HTTP {status}: {body[:500]}")
+        self.status = status
+
+
+def connection_path(namespace: str, name: str, subresource: str = "") -> str:
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}/{quote(name)}"
+    return f"{path}/{subresource}" if subresource else path
+
+
+def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:
+    return _PATHS[(api_version, kind)].format(ns=quote(namespace), name=quote(name))
+
+
+def tracing(component: str) -> aiohttp.TraceConfig:
+    """Counts every request of a session in the API request metric, by component and verb."""
+    trace = aiohttp.TraceConfig()
+
+    async def on_end(_s: Any, _ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
+        verb = params.method
+        if params.method == "GET" and "watch=" in (params.url.query_string or ""):
+            verb = "WATCH"
+        metrics.API_REQUESTS.labels(component, verb, str(params.response.status)).inc()
+
+    async def on_error(_s: Any, _ctx: Any, params: aiohttp.TraceRequestExceptionParams) -> None:
+        metrics.API_REQUESTS.labels(component, params.method, "error").inc()
+
+    trace.on_request_end.append(on_end)
+    trace.on_request_exception.append(on_error)
+    return trace
+
+
+def session_for(info: kopf.ConnectionInfo, component: str) -> aiohttp.ClientSession:
+    ctx: ssl.SSLContext = info.as_ssl_context()
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ctx, limit=64),
+        headers={**info.as_http_headers(), "User-Agent": f"{USER_AGENT}/{component}"},
+        trace_configs=[tracing(component)],
+        timeout=aiohttp.ClientTimeout(total=30),
+    )
+
+
+class Kube:
+    """The operator's writer: server-side apply, status apply, pod deletion, Events, Leases."""
+
+    def __init__(self, info: kopf.ConnectionInfo) -> None:
+        self.server = info.server.rstrip("/")
+        self.session = session_for(info, "operator")
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def request(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
+                      body: Any = None, content_type: str = "application/json",
+                      ok: tuple[int, ...] = (200, 201, 202)) -> dict[str, Any]:
+        url = self.server + path + (f"?{urlencode(query)}" if query else "")
+        data = None if body is None else json.dumps(body)
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        async with self.session.request(method, url, data=data, headers=headers) as resp:
+            text = await resp.text()
+            if resp.status not in ok:
+                raise ApiError(resp.status, text, f"{method} {path}")
+            return json.loads(text) if text else {}
+
+    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply of one namespaced object (force: the operator owns these fields)."""
+        meta = manifest["metadata"]
+        path = object_path(manifest["apiVersion"], manifest["kind"], meta["namespace"],
+                           meta["name"])
+        return await self.request(
+            "PATCH", path, query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=manifest, content_type="application/apply-patch+yaml")
+
+    async def apply_status(self, namespace: str, name: str, uid: str,
+                           status: Mapping[str, Any]) -> dict[str, Any]:
+        """SSA of the operator-owned status fields; fields left out are released/removed.
+
+        The uid makes the apply fail (409) instead of creating anything if the object was
+        deleted and recreated meanwhile.
+        """
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "PlatformConnection",
+                "metadata": {"name": name, "namespace": namespace, "uid": uid},
+                "status": dict(status)}
+        return await self.request(
+            "PATCH", connection_path(namespace, name, "status"),
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=body, content_type="application/apply-patch+yaml")
+
+    async def delete_pods(self, namespace: str, selector: str,
+                          name: str | None = None) -> list[str]:
+        """Delete the gateway pods (one request: deletecollection); returns the deleted names.
+
+        With ``name``, only that pod, and only if it also matches the label selector: the pod
+        name comes from the gateway's status report and must not let a gateway have another
+        pod deleted. A metadata.name field selector is a single-key read for the apiserver.
+        """
+        query = {"labelSelector": selector}
+        if name:
+            query["fieldSelector"] = f"metadata.name={name}"
+        result = await self.request(
+            "DELETE", f"/api/v1/namespaces/{quote(namespace)}/pods", query=query)
+        return [item["metadata"]["name"] for item in result.get("items") or []]
+
+    async def post_event(self, involved: Mapping[str, Any], type_: str, reason: str,
+                         message: str) -> None:
+        """A core/v1 Event on the PlatformConnection (what kubectl describe shows)."""
+        meta = involved["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
+                         "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "PlatformConnection",
+                               "name": meta["name"], "namespace": meta["namespace"],
+                               "uid": meta["uid"],
+                               "resourceVersion": meta.get("resourceVersion", "")},
+            "type": type_, "reason": reason, "message": message[:1024],
+            # Legacy-style timestamps (no eventTime): no series/reporting fields required.
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": "switchboard-operator"},
+        }
+        try:
+            await self.request("POST", f"/api/v1/namespaces/{quote(meta['namespace'])}/events",
+                               body=event)
+        except (ApiError, aiohttp.ClientError) as exc:  # an Event is best effort
+            log.warning("posting event %s failed: %s", reason, exc)

@@ -1,0 +1,78 @@
+"""`switchboard-operator`: run the kopf operator with the Switchboard handlers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import kopf
+
+from switchboard_operator import __version__, metrics
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="switchboard-operator",
+        description="Turns PlatformConnection resources into chat-bot gateway Deployments, "
+                    "restarts gateways that give up (with back-off and a circuit breaker).")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", dest="namespaces", default=[],
+                       metavar="NS", help="serve only this namespace (repeatable; globs allowed)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true",
+                       help="serve all namespaces (the default)")
+    p.add_argument("--metrics-port", type=int, default=9090,
+                   help="port of the Prometheus /metrics endpoint (0: off; default 9090)")
+    p.add_argument("--health-port", type=int, default=8080,
+                   help="port of the liveness endpoint /healthz (0: off; default 8080)")
+    p.add_argument("--health-address", default="0.0.0.0",
+                   help="address the liveness endpoint binds to (default 0.0.0.0)")
+    elect = p.add_mutually_exclusive_group()
+    elect.add_argument("--peering", dest="leader_election", action="store_true", default=True,
+                       help="elect one acting replica with a coordination.k8s.io Lease "
+                            "(default)")
+    elect.add_argument("--standalone", dest="leader_election", action="store_false",
+                       help="no leader election: this process always acts (one replica only)")
+    p.add_argument("--lease-namespace",
+                   default=os.environ.get("POD_NAMESPACE") or None,
+                   help="namespace of the leader-election Lease (default: $POD_NAMESPACE, "
+                        "else the first --namespace, else 'default')")
+    p.add_argument("--lease-name", default="switchboard-operator",
+                   help="name of the leader-election Lease (default switchboard-operator)")
+    p.add_argument("--identity", default=None,
+                   help="identity in the Lease (default: hostname-pid-random)")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    kopf.configure(verbose=args.verbose, log_prefix=True)
+    if not args.verbose:
+        # kopf logs every watch event's handler at INFO otherwise; ours is the useful log.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # Imported here so that `--help` does not register handlers or touch the cluster.
+    from switchboard_operator import handlers
+
+    handlers.OPTIONS.leader_election = args.leader_election
+    literal = [ns for ns in args.namespaces if not any(c in ns for c in "*?[]!")]
+    handlers.OPTIONS.lease_namespace = args.lease_namespace or (
+        literal[0] if literal else "default")
+    handlers.OPTIONS.lease_name = args.lease_name
+    if args.identity:
+        handlers.OPTIONS.identity = args.identity
+    metrics.serve(args.metrics_port)
+    liveness = (f"http://{args.health_address}:{args.health_port}/healthz"
+                if args.health_port else None)
+    kopf.run(
+        standalone=True,  # no kopf peering: leader.py elects with a Lease
+        clusterwide=not args.namespaces,
+        namespaces=args.namespaces,
+        liveness_endpoint=liveness,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

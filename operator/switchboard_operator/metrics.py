@@ -1,0 +1,52 @@
+"""Prometheus metrics of the operator, served on /metrics (prometheus-client)."""
+
+from __future__ import annotations
+
+from collections import Counter as _Counter
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+RECONCILES = Counter("switchboard_reconciles", "Reconciles of PlatformConnections.")
+RECONCILE_ERRORS = Counter("switchboard_reconcile_errors", "Reconciles that failed.")
+RESTARTS = Counter("switchboard_restarts", "Gateway restarts by the operator, by error code.",
+                   ["reason"])
+# The back-off chosen for a restart (the schedule) and how late the deletion came versus the
+# due time (the scheduler's precision; should stay well below one second).
+RESTART_BACKOFF = Histogram("switchboard_restart_backoff_seconds",
+                            "Back-off delay scheduled before a restart.",
+                            buckets=(1, 2, 5, 10, 30, 60, 120, 240, 300, 600, 1800, 3600))
+RESTART_DELAY = Histogram("switchboard_restart_delay_seconds",
+                          "Delay between a restart's due time and the pod deletion.",
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
+CIRCUIT_STATE = Gauge("switchboard_circuit_state",
+                      "Circuit breaker state per connection: 0 closed, 1 half-open, 2 open.",
+                      ["namespace", "connection"])
+CONNECTIONS = Gauge("switchboard_connections",
+                    "PlatformConnections by gateway state (none: no report yet).", ["state"])
+LEADER = Gauge("switchboard_leader", "1 while this replica is the acting leader.")
+API_REQUESTS = Counter("switchboard_operator_api_requests",
+                       "Kubernetes API requests made by this process (kopf's included).",
+                       ["component", "verb", "code"])
+
+CIRCUIT_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+STATES = ("none", "connecting", "connected", "retrying", "fatal", "disconnected")
+
+
+def set_connection_states(states: Iterable[str | None]) -> None:
+    counts = _Counter(s or "none" for s in states)
+    for state in STATES:
+        CONNECTIONS.labels(state).set(counts.get(state, 0))
+
+
+def forget_connection(namespace: str, name: str) -> None:
+    try:
+        CIRCUIT_STATE.remove(namespace, name)
+    except KeyError:
+        pass
+
+
+def serve(port: int) -> None:
+    """Start the /metrics HTTP server in a background thread (0 disables it)."""
+    if port:
+        start_http_server(port)

@@ -1,0 +1,142 @@
+"""Restart bookkeeping: the gateway's report, the persisted schedule, and the timers.
+
+No polling: each connection has at most one asyncio timer, armed for the earliest moment its
+state can change by itself (a due restart, a circuit probe, a failure-count reset, the
+needs-attention threshold). Everything a timer needs is persisted in status first
+(nextRestartTime, circuit.nextProbeTime, ...), so a restarted or newly elected operator re-arms
+the very same schedule from the API.
+
+A gateway report is identified by ``<gatewayPod>@<stateSince>``; ``status.lastHandledFailure``
+holds the identity of the last fatal report the operator acted on, so a report is counted once
+even though it stays in status after its pod was deleted (and across operator restarts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from switchboard_operator.backoff import restart_due_time
+from switchboard_operator.circuit import format_time, parse_time
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Report:
+    """The gateway-owned part of status."""
+
+    state: str | None = None
+    retryable: bool | None = None
+    code: str | None = None
+    pod: str | None = None
+    since_raw: str | None = None
+
+    @property
+    def since(self) -> datetime | None:
+        return parse_time(self.since_raw)
+
+    @property
+    def identity(self) -> str | None:
+        if self.state is None:
+            return None
+        return f"{self.pod or ''}@{self.since_raw or ''}"
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any] | None) -> Report:
+        status = status or {}
+        error = status.get("lastError") or {}
+        return cls(state=status.get("state"), retryable=error.get("retryable"),
+                   code=error.get("code"), pod=status.get("gatewayPod"),
+                   since_raw=status.get("stateSince"))
+
+
+@dataclass
+class Schedule:
+    """Operator-owned restart fields of status."""
+
+    restarts: int = 0
+    next_restart: datetime | None = None
+    last_restart: datetime | None = None
+    handled: str | None = None
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any] | None) -> Schedule:
+        status = status or {}
+        return cls(restarts=int(status.get("restarts", 0)),
+                   next_restart=parse_time(status.get("nextRestartTime")),
+                   last_restart=parse_time(status.get("lastRestartTime")),
+                   handled=status.get("lastHandledFailure"))
+
+    def to_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"restarts": self.restarts}
+        if self.next_restart is not None:
+            out["nextRestartTime"] = format_time(self.next_restart)
+        if self.last_restart is not None:
+            out["lastRestartTime"] = format_time(self.last_restart)
+        if self.handled is not None:
+            out["lastHandledFailure"] = self.handled
+        return out
+
+
+def due_time(reported: datetime, failure: int, policy: Mapping[str, Any] | None) -> datetime:
+    """When the restart after consecutive failure ``failure`` is due (spec.restartPolicy).
+
+    Rounded up to the whole second, because status times have second precision: the
+    restart happens at exactly the nextRestartTime a person (or a test) reads.
+    """
+    policy = policy or {}
+    due = restart_due_time(reported, failure, int(policy.get("initialDelaySeconds", 30)),
+                           int(policy.get("maxDelaySeconds", 300)))
+    whole = math.ceil(due.timestamp())
+    return datetime.fromtimestamp(whole, UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Timers:
+    """At most one wake-up per connection; arming replaces the previous one."""
+
+    # Fire a little late rather than early: an early wake-up finds nothing due yet.
+    SLACK = timedelta(milliseconds=5)
+
+    def __init__(self, fire: Callable[[Key], None]) -> None:
+        self._fire = fire
+        self._handles: dict[Key, tuple[datetime, asyncio.TimerHandle]] = {}
+
+    def arm(self, key: Key, when: datetime | None) -> None:
+        current = self._handles.get(key)
+        if current is not None and current[0] == when:
+            return
+        self.cancel(key)
+        if when is None:
+            return
+        delay = max(0.0, (when + self.SLACK - utcnow()).total_seconds())
+        loop = asyncio.get_running_loop()
+        self._handles[key] = (when, loop.call_later(delay, self._expired, key))
+
+    def _expired(self, key: Key) -> None:
+        self._handles.pop(key, None)
+        self._fire(key)
+
+    def cancel(self, key: Key) -> None:
+        entry = self._handles.pop(key, None)
+        if entry is not None:
+            entry[1].cancel()
+
+    def cancel_all(self) -> None:
+        for key in list(self._handles):
+            self.cancel(key)
+
+    def due(self, key: Key) -> datetime | None:
+        entry = self._handles.get(key)
+        return entry[0] if entry else None
+
+    def __len__(self) -> int:
+        return len(self._handles)

@@ -1,0 +1,88 @@
+"""The operator-owned part of status, and whether it needs writing.
+
+Written with server-side apply on the status subresource, field manager switchboard-operator:
+the apply always carries every operator-owned field (a field left out is removed), and never a
+gateway-owned one (state, attempt, maxAttempts, attempts, lastError, stateSince, gatewayPod),
+so the two writers never overwrite each other. Nothing is written when the computed fields
+equal what is stored: an idle connection costs no API requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from switchboard_operator import conditions as cond
+from switchboard_operator.circuit import Circuit, parse_time
+from switchboard_operator.decide import Plan
+
+GATEWAY_FIELDS = ("state", "attempt", "maxAttempts", "attempts", "lastError", "stateSince",
+                  "gatewayPod")
+OPERATOR_FIELDS = ("conditions", "observedGeneration", "restarts", "consecutiveFailures",
+                   "nextRestartTime", "lastRestartTime", "lastHandledFailure", "appliedHash",
+                   "circuit", "needsAttention")
+# Reasons that need a person (needsAttention at once).
+PERMANENT = {cond.Reason.CREDENTIALS_INVALID, cond.Reason.POLLING_CONFLICT, cond.Reason.BANNED,
+             cond.Reason.CONFIGURATION_INVALID, cond.Reason.FAILED, cond.Reason.SECRET_MISSING}
+
+
+@dataclasses.dataclass
+class Desired:
+    status: dict[str, Any]
+    ready: cond.ConditionValue
+    wake: datetime | None  # when needsAttention may flip by itself
+
+
+def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
+            rollout_in_progress: bool, applied_hash: str, now: datetime) -> Desired:
+    meta, spec = body["metadata"], body.get("spec") or {}
+    status = body.get("status") or {}
+    # A superseded report (its pod was restarted or rolled away) is not the gateway's
+    # current state: Ready waits for the new pod's first report instead.
+    seen = {k: v for k, v in status.items() if not (plan.superseded and k in GATEWAY_FIELDS)}
+    inputs = cond.ReadyInputs.from_resource(
+        spec, seen, secret_missing=secret_missing, rollout_in_progress=rollout_in_progress,
+        circuit=plan.circuit)
+    inputs = dataclasses.replace(inputs, next_restart_time=plan.schedule.next_restart)
+    value = cond.ready_condition(inputs)
+    generation = int(meta.get("generation", 0))
+    ready = cond.make_condition(status.get("conditions"), cond.READY, value, generation, now)
+
+    suspended = bool(spec.get("suspend", False))
+    not_ready_since = (parse_time(ready["lastTransitionTime"])
+                       if ready["status"] != "True" and not suspended else None)
+    threshold = int(spec.get("needsAttentionAfterSeconds", 7200))
+    attention = cond.needs_attention(plan.circuit.state is Circuit.OPEN, not_ready_since, now,
+                                     threshold, permanent_failure=value.reason in PERMANENT)
+    wake = None
+    if not attention and not_ready_since is not None:
+        wake = not_ready_since + timedelta(seconds=threshold)
+
+    circuit = plan.circuit.to_status()
+    if plan.reset_request is not None:
+        circuit["resetRequest"] = plan.reset_request
+    out: dict[str, Any] = {
+        "conditions": [ready],
+        "observedGeneration": generation,
+        "consecutiveFailures": plan.circuit.consecutive_failures,
+        "circuit": circuit,
+        "needsAttention": attention,
+        "appliedHash": applied_hash,
+        **plan.schedule.to_status(),
+    }
+    return Desired(out, value, wake)
+
+
+def current(status: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The operator-owned fields as stored (only our Ready condition)."""
+    status = status or {}
+    out = {k: status[k] for k in OPERATOR_FIELDS if k in status}
+    if "conditions" in out:
+        out["conditions"] = [c for c in out["conditions"] if c.get("type") == cond.READY]
+    return out
+
+
+def changed(body: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    return current(body.get("status")) != dict(new)

@@ -1,0 +1,57 @@
+"""Operator fixtures: the CRD installed once, an operator process per test (namespaced)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from kubernetes import client
+from opkit import Kit, Operator, install_crd
+
+from switchboard_testkit.cluster import Cluster
+
+_STARTED: dict[str, list[Operator]] = {}
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: Cluster) -> None:
+    install_crd(cluster)
+
+
+@pytest.fixture
+def kit(cluster: Cluster, api: client.ApiClient, namespace: str, crd: None) -> Kit:
+    return Kit(cluster, api, namespace)
+
+
+@pytest.fixture
+def start_operator(request: pytest.FixtureRequest, cluster: Cluster, namespace: str,
+                   crd: None) -> Iterator[Callable[..., Operator]]:
+    """Start operators for the test's namespace; all are stopped (by PID) afterwards."""
+    started = _STARTED.setdefault(request.node.nodeid, [])
+
+    def start(name: str = "op", *extra: str) -> Operator:
+        op = Operator(cluster, namespace, name, extra)
+        started.append(op)
+        return op.start()
+
+    yield start
+    for op in started:
+        op.stop()
+
+
+@pytest.fixture
+def operator(start_operator: Callable[..., Operator]) -> Operator:
+    return start_operator()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """On failure, show the tail of each operator's log of that test."""
+    outcome = yield
+    report = outcome.get_result()
+    ops = _STARTED.get(item.nodeid, [])
+    if report.failed:
+        for op in ops:
+            report.sections.append((f"operator {op.name} log", op.tail(80)))
+    if report.when == "teardown":
+        _STARTED.pop(item.nodeid, None)

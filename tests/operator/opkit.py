@@ -1,0 +1,328 @@
+"""Helpers for operator tests: run the operator as a process, act as the gateway, read state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from switchboard_testkit.cluster import Cluster
+from switchboard_testkit.controlplane import pid_alive, wait_for
+from switchboard_testkit.net import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "platformconnections.switchboard.dev.yaml"
+GROUP, VERSION, PLURAL = "switchboard.dev", "v1alpha1", "platformconnections"
+# Gateway pods that never run: no node carries this label. The Deployment and its pods exist
+# (Pending) and are deleted and replaced as in production, but no real gateway process starts
+# and competes with the test, which writes the gateway's status itself.
+NO_NODE = {"switchboard.dev/test-no-such-node": "true"}
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class Operator:
+    """`python -m switchboard_operator.main` as a child process, stopped by its PID."""
+
+    def __init__(self, cluster: Cluster, namespace: str, name: str = "op",
+                 extra: tuple[str, ...] = ()) -> None:
+        self.cluster, self.namespace, self.name = cluster, namespace, name
+        self.metrics_port, self.health_port = free_port(), free_port()
+        self.log_path = cluster.workdir / f"operator-{namespace}-{name}.log"
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Operator:
+        argv = [sys.executable, "-m", "switchboard_operator.main",
+                "--namespace", self.namespace, "--lease-namespace", self.namespace,
+                "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
+                "--health-address", "127.0.0.1", "--identity", f"{self.name}-{os.getpid()}",
+                *self.extra]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=self.cluster.env(),
+                                     start_new_session=True)
+        log.close()
+        wait_for(self.healthy, 60, f"operator {self.name} /healthz")
+        return self
+
+    def healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.tail()}")
+        try:
+            with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+    def metric(self, name: str) -> float:
+        return sum(v for k, v in self.metrics().items() if k.split("{")[0] == name)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+        assert self.proc is not None
+        wait_for(lambda: not pid_alive(self.proc.pid), 10, "operator to die")
+
+    def tail(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def install_crd(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/platformconnections.switchboard.dev")
+
+
+def telegram_conn(name: str, secret: str = "tg", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "PlatformConnection",
+        "metadata": {"name": name},
+        "spec": {"platform": "telegram",
+                 "telegram": {"tokenSecretRef": {"name": secret}},
+                 "backend": {"echo": True},
+                 "gateway": {"nodeSelector": NO_NODE},
+                 "restartPolicy": {"initialDelaySeconds": 1, "maxDelaySeconds": 4}},
+    }
+    for key, value in spec.items():
+        body["spec"][key] = value
+    return body
+
+
+def secret(name: str, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "stringData": data or {"token": "123:abc"}}
+
+
+class Kit:
+    """API access for one test namespace."""
+
+    def __init__(self, cluster: Cluster, api: client.ApiClient, namespace: str) -> None:
+        self.cluster, self.api, self.ns = cluster, api, namespace
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.rbac = client.RbacAuthorizationV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL,
+                                                           dict(body))
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+
+    def patch(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, name, dict(patch))
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.get(name).get("status") or {}
+
+    def ready(self, name: str) -> dict[str, Any] | None:
+        for c in self.status(name).get("conditions") or []:
+            if c["type"] == "Ready":
+                return c
+        return None
+
+    def wait_ready(self, name: str, status: str, reason: str | None = None,
+                   timeout: float = 30) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            c = self.ready(name)
+            if c and c["status"] == status and (reason is None or c["reason"] == reason):
+                return c
+            return None
+        return wait_for(check, timeout, f"{name} Ready={status} {reason or ''}")  # type: ignore
+
+    def deployment(self, name: str) -> client.V1Deployment:
+        return self.apps.read_namespaced_deployment(f"{name}-gateway", self.ns)
+
+    def pods(self, name: str) -> list[client.V1Pod]:
+        return [p for p in self.core.list_namespaced_pod(
+            self.ns, label_selector=f"switchboard.dev/connection={name}").items
+            if p.metadata.deletion_timestamp is None]
+
+    def one_pod(self, name: str, exclude: set[str] = frozenset(),  # type: ignore[assignment]
+                timeout: float = 30) -> client.V1Pod:
+        def find() -> client.V1Pod | None:
+            pods = [p for p in self.pods(name) if p.metadata.name not in exclude]
+            return pods[0] if len(pods) == 1 else None
+        return wait_for(find, timeout, f"one gateway pod of {name}")  # type: ignore
+
+    def events(self, name: str, reason: str | None = None) -> list[client.CoreV1Event]:
+        items = self.core.list_namespaced_event(
+            self.ns, field_selector=f"involvedObject.name={name}").items
+        return [e for e in items if reason is None or e.reason == reason]
+
+    # -- acting as the gateway ---------------------------------------------------------------
+
+    def gateway_token(self, name: str) -> str:
+        req = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=["https://kubernetes.default.svc.cluster.local"],
+                expiration_seconds=3600))
+        resp = wait_for(lambda: self.core.create_namespaced_service_account_token(
+            f"{name}-gateway", self.ns, req), 30, f"a token of ServiceAccount {name}-gateway")
+        return resp.status.token  # type: ignore[attr-defined]
+
+    def gateway_client(self, name: str) -> client.ApiClient:
+        cfg = client.Configuration()
+        cfg.host = self.api.configuration.host
+        cfg.ssl_ca_cert = self.api.configuration.ssl_ca_cert
+        token = self.gateway_token(name)
+        # kubernetes>=36 reads BearerToken; older versions read authorization.
+        cfg.api_key = {"BearerToken": token, "authorization": token}
+        cfg.api_key_prefix = {"BearerToken": "Bearer", "authorization": "Bearer"}
+        return client.ApiClient(cfg)
+
+    def report(self, gw: client.ApiClient, name: str, state: str, *, pod: str,
+               attempt: int = 0, max_attempts: int = 10, code: str | None = None,
+               message: str = "", retryable: bool | None = None,
+               since: str | None = None) -> dict[str, Any]:
+        """Write the gateway-owned status fields exactly like the gateway: SSA on /status,
+        field manager switchboard-gateway, with the gateway ServiceAccount's token."""
+        status: dict[str, Any] = {
+            "state": state, "attempt": attempt, "maxAttempts": max_attempts,
+            "attempts": f"{attempt}/{max_attempts}", "stateSince": since or now_rfc3339(),
+            "gatewayPod": pod,
+        }
+        if code is not None:
+            status["lastError"] = {"code": code, "message": message,
+                                   "retryable": bool(retryable)}
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "PlatformConnection",
+                "metadata": {"name": name, "namespace": self.ns}, "status": status}
+        return client.CustomObjectsApi(gw).patch_namespaced_custom_object_status(
+            GROUP, VERSION, self.ns, PLURAL, name, body, field_manager="switchboard-gateway",
+            force=True, _content_type="application/apply-patch+yaml")
+
+    def fatal(self, gw: client.ApiClient, name: str, pod: str, retryable: bool = True,
+              code: str = "telegram_network_error") -> dict[str, Any]:
+        return self.report(gw, name, "fatal", pod=pod, attempt=10, code=code,
+                           message="gave up after 10 attempts", retryable=retryable)
+
+
+def kubectl_yaml(cluster: Cluster, obj: Mapping[str, Any], namespace: str,
+                 check: bool = False) -> subprocess.CompletedProcess[str]:
+    return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(dict(obj)),
+                           check=check)
+
+
+def wait_gone(predicate: Any, timeout: float, what: str) -> None:
+    wait_for(lambda: not predicate(), timeout, what)
+
+
+def monotonic() -> float:
+    return time.monotonic()
+
+
+class PodWatch:
+    """Records when each gateway pod of a namespace started terminating or disappeared
+    (wall clock), from a watch in a thread, so deletion times are measured, not polled."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        import threading
+
+        from kubernetes import watch
+
+        self.deleted: dict[str, float] = {}
+        self._watch = watch.Watch()
+        core = client.CoreV1Api(api)
+
+        def run() -> None:
+            try:
+                for ev in self._watch.stream(core.list_namespaced_pod, namespace,
+                                             timeout_seconds=600):
+                    pod = ev["object"]
+                    name = pod.metadata.name
+                    if name not in self.deleted and (ev["type"] == "DELETED"
+                                                     or pod.metadata.deletion_timestamp):
+                        self.deleted[name] = time.time()
+            except Exception:  # the namespace or the connection goes away at teardown
+                pass
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+    def wait_deleted(self, pod: str, timeout: float) -> float:
+        return wait_for(lambda: self.deleted.get(pod), timeout,  # type: ignore[return-value]
+                        f"pod {pod} deleted", interval=0.02)
+
+
+class ConnWatch:
+    """Records every status a namespace's PlatformConnections went through (a watch in a
+    thread), so a short-lived field such as nextRestartTime is never missed."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        import threading
+
+        from kubernetes import watch
+
+        self.history: list[tuple[str, dict[str, Any]]] = []
+        self._watch = watch.Watch()
+        custom = client.CustomObjectsApi(api)
+
+        def run() -> None:
+            try:
+                for ev in self._watch.stream(custom.list_namespaced_custom_object, GROUP,
+                                             VERSION, namespace, PLURAL, timeout_seconds=600):
+                    obj = ev["object"]
+                    self.history.append((obj["metadata"]["name"], obj.get("status") or {}))
+            except Exception:  # the namespace or the connection goes away at teardown
+                pass
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+    def scheduled(self, name: str, since: str, timeout: float = 15) -> dict[str, Any]:
+        """The first status of ``name`` with a nextRestartTime for the report at ``since``."""
+        def find() -> dict[str, Any] | None:
+            for n, s in list(self.history):
+                if n == name and s.get("stateSince") == since and s.get("nextRestartTime"):
+                    return s
+            return None
+        return wait_for(find, timeout, f"{name}: nextRestartTime for {since}")  # type: ignore

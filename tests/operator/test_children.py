@@ -1,0 +1,136 @@
+"""A PlatformConnection becomes SA, Role, RoleBinding and Deployment with the right content."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from opkit import Kit, Operator, secret, telegram_conn
+
+from switchboard_testkit.controlplane import wait_for
+
+
+def test_children_have_owner_refs_security_probes_env_and_scoped_rbac(
+        kit: Kit, operator: Operator) -> None:
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    body = telegram_conn("bot", apiBaseURL="http://127.0.0.1:9/bot",
+                         gateway={"nodeSelector": {"switchboard.dev/test-no-such-node": "x"},
+                                  "env": [{"name": "EXTRA", "value": "1"},
+                                          {"name": "SWITCHBOARD_PLATFORM", "value": "evil"}]})
+    created = kit.create(body)
+    uid = created["metadata"]["uid"]
+
+    dep = wait_for(lambda: kit.deployment("bot"), 30, "the gateway Deployment")
+    sa = kit.core.read_namespaced_service_account("bot-gateway", kit.ns)
+    role = kit.rbac.read_namespaced_role("bot-gateway", kit.ns)
+    rb = kit.rbac.read_namespaced_role_binding("bot-gateway", kit.ns)
+    for obj in (dep, sa, role, rb):
+        (ref,) = obj.metadata.owner_references
+        assert (ref.kind, ref.name, ref.uid, ref.controller) == ("PlatformConnection", "bot",
+                                                                  uid, True)
+        assert obj.metadata.labels["app.kubernetes.io/managed-by"] == "switchboard-operator"
+
+    assert dep.spec.replicas == 1 and dep.spec.strategy.type == "Recreate"
+    pod = dep.spec.template.spec
+    assert pod.service_account_name == "bot-gateway"
+    assert pod.security_context.run_as_non_root and pod.security_context.run_as_user == 65532
+    assert pod.security_context.seccomp_profile.type == "RuntimeDefault"
+    (c,) = pod.containers
+    assert c.command == ["switchboard-gateway"]
+    sc = c.security_context
+    assert sc.run_as_non_root and sc.read_only_root_filesystem
+    assert sc.allow_privilege_escalation is False and sc.capabilities.drop == ["ALL"]
+    assert sc.seccomp_profile.type == "RuntimeDefault"
+    assert (c.liveness_probe.http_get.path, c.liveness_probe.http_get.port) == ("/healthz",
+                                                                                "health")
+    assert c.readiness_probe.http_get.path == "/readyz"
+    assert {(p.name, p.container_port) for p in c.ports} == {("health", 8080),
+                                                             ("metrics", 9090)}
+    env = {e.name: e for e in c.env}
+    assert env["SWITCHBOARD_CONNECTION"].value == "bot"
+    assert env["SWITCHBOARD_NAMESPACE"].value == kit.ns
+    assert env["SWITCHBOARD_PLATFORM"].value == "telegram"  # not overridable by spec env
+    assert env["SWITCHBOARD_API_BASE_URL"].value == "http://127.0.0.1:9/bot"
+    assert env["SWITCHBOARD_BACKEND_ECHO"].value == "true"
+    assert env["SWITCHBOARD_RECONNECT"].value == (
+        '{"initialDelaySeconds": 5, "maxAttempts": 10, "maxDelaySeconds": 60}')
+    token = env["SWITCHBOARD_TELEGRAM_TOKEN"].value_from.secret_key_ref
+    assert (token.name, token.key) == ("tg", "token")
+    assert env["SWITCHBOARD_POD_NAME"].value_from.field_ref.field_path == "metadata.name"
+    assert env["SWITCHBOARD_BIND_ADDRESS"].value_from.field_ref.field_path == "status.podIP"
+    assert env["EXTRA"].value == "1"
+    annotations = dep.spec.template.metadata.annotations
+    assert annotations["switchboard.dev/spec-hash"] and annotations["switchboard.dev/secret-hash"]
+
+    rules: list[dict[str, Any]] = [r.to_dict() for r in role.rules]
+    own = next(r for r in rules if r["resources"] == ["platformconnections"])
+    assert own["resource_names"] == ["bot"] and set(own["verbs"]) >= {"get", "watch"}
+    status_rule = next(r for r in rules if r["resources"] == ["platformconnections/status"])
+    assert status_rule["resource_names"] == ["bot"]
+    assert set(status_rule["verbs"]) == {"get", "patch", "update"}
+    assert any("events" in r["resources"] and "create" in r["verbs"] for r in rules)
+    assert rb.role_ref.name == "bot-gateway"
+    assert [(s.kind, s.name) for s in rb.subjects] == [("ServiceAccount", "bot-gateway")]
+
+    # Status: observedGeneration and a Ready condition, kopf bookkeeping nowhere in status.
+    status = wait_for(lambda: (s := kit.status("bot")).get("observedGeneration") and s, 30,
+                      "status.observedGeneration")
+    assert status["observedGeneration"] == created["metadata"]["generation"]
+    assert kit.ready("bot")["status"] == "False"
+    assert not any(k.startswith("kopf") for k in status)
+    meta = kit.get("bot")["metadata"]
+    assert not meta.get("finalizers")
+
+
+def test_gateway_token_writes_own_status_but_cannot_touch_another_connection(
+        kit: Kit, operator: Operator) -> None:
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn("one"))
+    kit.create(telegram_conn("two"))
+    for name in ("one", "two"):
+        wait_for(lambda n=name: kit.rbac.read_namespaced_role_binding(f"{n}-gateway", kit.ns),
+                 30, f"{name} RBAC")
+    gw = kit.gateway_client("one")
+    kit.report(gw, "one", "connected", pod="one-pod")
+    c = kit.wait_ready("one", "True", "Connected")
+    assert "one-pod" in c["message"]
+    # The operator's fields survive the gateway's write and vice versa (two field managers).
+    st = kit.status("one")
+    assert st["state"] == "connected" and st["observedGeneration"] == 1
+
+    for call in (
+        lambda: client.CustomObjectsApi(gw).get_namespaced_custom_object(
+            "switchboard.dev", "v1alpha1", kit.ns, "platformconnections", "two"),
+        lambda: kit.report(gw, "two", "connected", pod="intruder"),
+    ):
+        try:
+            call()
+        except ApiException as exc:
+            assert exc.status == 403
+        else:
+            raise AssertionError("the gateway token reached another connection")
+    assert kit.status("two").get("state") is None
+
+
+def test_deleting_the_connection_removes_all_children(kit: Kit, operator: Operator) -> None:
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn("gone"))
+    wait_for(lambda: kit.deployment("gone"), 30, "the gateway Deployment")
+    kit.custom.delete_namespaced_custom_object("switchboard.dev", "v1alpha1", kit.ns,
+                                               "platformconnections", "gone")
+
+    def all_gone() -> bool:
+        for read in (lambda: kit.deployment("gone"),
+                     lambda: kit.core.read_namespaced_service_account("gone-gateway", kit.ns),
+                     lambda: kit.rbac.read_namespaced_role("gone-gateway", kit.ns),
+                     lambda: kit.rbac.read_namespaced_role_binding("gone-gateway", kit.ns)):
+            try:
+                read()
+                return False
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        return True
+
+    wait_for(all_gone, 60, "the garbage collector to remove every child")

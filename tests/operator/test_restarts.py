@@ -1,0 +1,235 @@
+"""Retryable fatal reports restart the gateway on the back-off schedule; the circuit breaker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from kubernetes import client
+from opkit import ConnWatch, Kit, Operator, PodWatch, parse_time, secret, telegram_conn
+
+from switchboard_testkit.controlplane import wait_for
+
+
+@pytest.fixture
+def pods(kit: Kit) -> Iterator[PodWatch]:
+    w = PodWatch(kit.api, kit.ns)
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def conns(kit: Kit) -> Iterator[ConnWatch]:
+    w = ConnWatch(kit.api, kit.ns)
+    yield w
+    w.stop()
+
+
+def _fail_and_measure(kit: Kit, gw: client.ApiClient, pods: PodWatch, conns: ConnWatch,
+                      name: str, pod: str) -> tuple[float, float]:
+    """Report a retryable fatal from ``pod``; return (back-off seconds, lateness seconds)."""
+    written = kit.fatal(gw, name, pod)
+    since = written["status"]["stateSince"]
+    status = conns.scheduled(name, since)
+    due = parse_time(status["nextRestartTime"]).timestamp()
+    deleted_at = pods.wait_deleted(pod, 30)
+    return due - parse_time(since).timestamp(), deleted_at - due
+
+
+def test_retryable_fatal_restarts_on_schedule_with_growing_backoff(
+        kit: Kit, operator: Operator, pods: PodWatch, conns: ConnWatch) -> None:
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn("flaky"))
+    gw = kit.gateway_client(wait_for(lambda: kit.deployment("flaky"), 30, "Deployment")
+                            .spec.template.spec.service_account_name.removesuffix("-gateway"))
+    seen: set[str] = set()
+    backoffs = []
+    for restart in range(1, 5):
+        pod = kit.one_pod("flaky", exclude=seen).metadata.name
+        seen.add(pod)
+        backoff, late = _fail_and_measure(kit, gw, pods, conns, "flaky", pod)
+        backoffs.append(backoff)
+        # Deleted at the due time, within a second (and not before it).
+        assert -0.05 <= late <= 1.0, f"restart {restart}: {late:.3f}s after the due time"
+        status = wait_for(lambda r=restart: (s := kit.status("flaky")).get("restarts") == r
+                          and s, 10, f"restarts={restart}")
+        assert "nextRestartTime" not in status
+        assert status["consecutiveFailures"] == restart
+    assert backoffs == [1, 2, 4, 4]  # initialDelaySeconds 1 doubling, maxDelaySeconds 4
+    events = kit.events("flaky", "GatewayRestarted")
+    assert len(events) == 4 and all(e.type == "Normal" for e in events)
+    assert "telegram_network_error" in events[0].message
+    # A replacement pod runs (has a new name) after every restart.
+    assert kit.one_pod("flaky", exclude=seen).metadata.name not in seen
+    assert operator.metric("switchboard_restarts_total") == 4
+
+
+def test_circuit_opens_half_opens_reopens_and_closes(
+        kit: Kit, operator: Operator, pods: PodWatch, conns: ConnWatch) -> None:
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn("cb", circuitBreaker={
+        "failureThreshold": 2, "cooldownSeconds": 2, "maxCooldownSeconds": 8}))
+    wait_for(lambda: kit.deployment("cb"), 30, "Deployment")
+    gw = kit.gateway_client("cb")
+    first = kit.one_pod("cb").metadata.name
+    _fail_and_measure(kit, gw, pods, conns, "cb", first)
+    second = kit.one_pod("cb", exclude={first}).metadata.name
+    kit.fatal(gw, "cb", second)
+
+    # Open: scaled to 0, Ready False CircuitOpen, needs attention, a Warning Event.
+    c = kit.wait_ready("cb", "False", "CircuitOpen")
+    status = kit.status("cb")
+    assert status["circuit"]["state"] == "open" and status["needsAttention"] is True
+    assert status["circuit"]["cooldownSeconds"] == 2 and status["circuit"]["opens"] == 1
+    assert "2 consecutive failed restarts" in c["message"]
+    assert kit.deployment("cb").spec.replicas == 0
+    (opened,) = kit.events("cb", "CircuitOpened")
+    assert opened.type == "Warning"
+    probe_at = parse_time(status["circuit"]["nextProbeTime"]).timestamp()
+
+    # Half-open after the cooldown: one replica, a probe pod.
+    wait_for(lambda: kit.deployment("cb").spec.replicas == 1, 10, "half-open: replicas 1")
+    import time
+    assert time.time() >= probe_at - 0.05
+    assert kit.status("cb")["circuit"]["state"] == "half-open"
+    probe = kit.one_pod("cb", exclude={first, second}).metadata.name
+
+    # The probe fails: reopened with the cooldown doubled.
+    kit.fatal(gw, "cb", probe)
+    wait_for(lambda: kit.status("cb")["circuit"].get("opens") == 2, 10, "reopen")
+    status = kit.status("cb")
+    assert status["circuit"]["state"] == "open" and status["circuit"]["cooldownSeconds"] == 4
+    assert kit.deployment("cb").spec.replicas == 0
+    assert kit.events("cb", "CircuitReopened")
+
+    # Second probe connects: closed, failures reset, Ready.
+    wait_for(lambda: kit.status("cb")["circuit"]["state"] == "half-open", 10, "half-open")
+    probe2 = kit.one_pod("cb", exclude={first, second, probe}).metadata.name
+    kit.report(gw, "cb", "connected", pod=probe2)
+    kit.wait_ready("cb", "True", "Connected")
+    status = kit.status("cb")
+    assert status["circuit"]["state"] == "closed" and status["consecutiveFailures"] == 0
+    assert status["needsAttention"] is False and kit.deployment("cb").spec.replicas == 1
+    assert kit.events("cb", "CircuitClosed")
+    assert operator.metric("switchboard_circuit_state") == 0
+
+
+def test_reset_annotation_closes_an_open_circuit(kit: Kit, operator: Operator) -> None:
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn("manual", circuitBreaker={
+        "failureThreshold": 1, "cooldownSeconds": 3600, "maxCooldownSeconds": 3600}))
+    wait_for(lambda: kit.deployment("manual"), 30, "Deployment")
+    gw = kit.gateway_client("manual")
+    kit.fatal(gw, "manual", kit.one_pod("manual").metadata.name)
+    kit.wait_ready("manual", "False", "CircuitOpen")
+    wait_for(lambda: kit.deployment("manual").spec.replicas == 0, 10, "scaled to 0")
+
+    kit.patch("manual", {"metadata": {"annotations": {"switchboard.dev/reset-circuit": "1"}}})
+    wait_for(lambda: kit.deployment("manual").spec.replicas == 1, 10, "scaled back to 1")
+    status = kit.status("manual")
+    assert status["circuit"]["state"] == "closed" and status["consecutiveFailures"] == 0
+    assert status["circuit"]["resetRequest"] == "1"
+    assert kit.events("manual", "CircuitReset")
+
+
+def test_non_retryable_fatal_is_not_restarted_and_recovers_after_secret_change(
+        kit: Kit, operator: Operator, pods: PodWatch) -> None:
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn("badtoken"))
+    wait_for(lambda: kit.deployment("badtoken"), 30, "Deployment")
+    gw = kit.gateway_client("badtoken")
+    pod = kit.one_pod("badtoken").metadata.name
+    kit.fatal(gw, "badtoken", pod, retryable=False, code="telegram_invalid_token")
+    c = kit.wait_ready("badtoken", "False", "CredentialsInvalid")
+    assert "not restarted automatically" in c["message"]
+    status = kit.status("badtoken")
+    assert status["needsAttention"] is True and "nextRestartTime" not in status
+    # No restart: the pod outlives several back-off periods (initialDelaySeconds is 1).
+    with pytest.raises(TimeoutError):
+        pods.wait_deleted(pod, 3)
+    assert kit.status("badtoken").get("restarts", 0) == 0
+
+    # A person fixes the token: the gateway rolls by itself and Ready no longer blames it.
+    kit.core.patch_namespaced_secret("tg", kit.ns, {"stringData": {"token": "456:new"}})
+    pods.wait_deleted(pod, 15)
+    new = kit.one_pod("badtoken", exclude={pod}).metadata.name
+    c = wait_for(lambda: (r := kit.ready("badtoken"))["reason"] != "CredentialsInvalid" and r,
+                 15, "Ready to drop CredentialsInvalid")
+    assert c["reason"] in ("Progressing", "Connecting")
+    kit.report(gw, "badtoken", "connected", pod=new)
+    kit.wait_ready("badtoken", "True", "Connected")
+    assert kit.status("badtoken")["needsAttention"] is False
+
+
+def test_secret_rotation_rolls_the_pod_and_resets_counters(
+        kit: Kit, operator: Operator, pods: PodWatch) -> None:
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn("rotate", restartPolicy={"initialDelaySeconds": 30,
+                                                      "maxDelaySeconds": 300}))
+    dep = wait_for(lambda: kit.deployment("rotate"), 30, "Deployment")
+    old_hash = dep.spec.template.metadata.annotations["switchboard.dev/secret-hash"]
+    gw = kit.gateway_client("rotate")
+    pod = kit.one_pod("rotate").metadata.name
+    kit.fatal(gw, "rotate", pod)
+    wait_for(lambda: kit.status("rotate").get("consecutiveFailures") == 1, 10, "failure 1")
+    assert kit.status("rotate")["nextRestartTime"]
+
+    kit.core.replace_namespaced_secret("tg", kit.ns, secret("tg", token="789:rotated"))
+    pods.wait_deleted(pod, 15)  # rolled (long before the 30 s back-off)
+    dep = kit.deployment("rotate")
+    assert dep.spec.template.metadata.annotations["switchboard.dev/secret-hash"] != old_hash
+    status = wait_for(lambda: (s := kit.status("rotate")).get("consecutiveFailures") == 0
+                      and s, 10, "counters reset")
+    assert "nextRestartTime" not in status and status["circuit"]["state"] == "closed"
+    assert kit.events("rotate", "FailuresReset")
+    kit.one_pod("rotate", exclude={pod})
+
+
+def test_missing_secret_is_a_condition_and_heals(kit: Kit, operator: Operator) -> None:
+    kit.create(telegram_conn("nosecret", secret="later"))
+    c = kit.wait_ready("nosecret", "False", "SecretMissing")
+    assert "later" in c["message"]
+    assert kit.deployment("nosecret").spec.replicas == 0
+    assert kit.status("nosecret")["needsAttention"] is True
+    kit.core.create_namespaced_secret(kit.ns, secret("later"))
+    wait_for(lambda: kit.deployment("nosecret").spec.replicas == 1, 15, "scaled to 1")
+    c = wait_for(lambda: (r := kit.ready("nosecret"))["reason"] != "SecretMissing" and r, 15,
+                 "SecretMissing to clear")
+    assert c["reason"] in ("Progressing", "Connecting")
+    kit.one_pod("nosecret")
+
+
+def test_suspend_scales_to_zero(kit: Kit, operator: Operator) -> None:
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn("sleepy"))
+    wait_for(lambda: kit.deployment("sleepy").spec.replicas == 1, 30, "replicas 1")
+    kit.patch("sleepy", {"spec": {"suspend": True}})
+    kit.wait_ready("sleepy", "False", "Suspended")
+    assert kit.deployment("sleepy").spec.replicas == 0
+    st = kit.status("sleepy")
+    assert st["observedGeneration"] == kit.get("sleepy")["metadata"]["generation"]
+
+
+def test_operator_killed_mid_backoff_resumes_the_same_schedule(
+        kit: Kit, start_operator: Callable[..., Operator], pods: PodWatch,
+        conns: ConnWatch) -> None:
+    first = start_operator("first", "--standalone")
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn("resume", restartPolicy={"initialDelaySeconds": 8,
+                                                      "maxDelaySeconds": 60}))
+    wait_for(lambda: kit.deployment("resume"), 30, "Deployment")
+    gw = kit.gateway_client("resume")
+    pod = kit.one_pod("resume").metadata.name
+    written = kit.fatal(gw, "resume", pod)
+    status = conns.scheduled("resume", written["status"]["stateSince"])
+    due = status["nextRestartTime"]
+    first.kill()  # SIGKILL: no clean shutdown, nothing in memory survives
+
+    start_operator("second", "--standalone")
+    deleted_at = pods.wait_deleted(pod, 30)
+    late = deleted_at - parse_time(due).timestamp()
+    assert -0.05 <= late <= 1.0, f"{late:.3f}s after the original due time"
+    status = wait_for(lambda: (s := kit.status("resume")).get("restarts") == 1 and s, 10,
+                      "restarts=1")
+    assert status["consecutiveFailures"] == 1  # the report was not counted twice
+    assert status["lastRestartTime"] >= due
