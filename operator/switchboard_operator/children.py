@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,9 @@ from switchboard_operator.secrets import SecretRef
 
 API_VERSION = "switchboard.dev/v1alpha1"
 KIND = "PlatformConnection"
-DEFAULT_IMAGE = f"ghcr.io/switchboard-dev/switchboard:{__version__}"
+# The chart sets SWITCHBOARD_GATEWAY_IMAGE to the operator's own image (or a chosen one).
+DEFAULT_IMAGE = os.environ.get("SWITCHBOARD_GATEWAY_IMAGE") or \
+    f"ghcr.io/switchboard-dev/switchboard:{__version__}"
 HEALTH_PORT = 8080
 METRICS_PORT = 9090
 GATEWAY_UID = 65532

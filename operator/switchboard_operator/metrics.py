@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter as _Counter
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -24,6 +24,10 @@ CIRCUIT_STATE = Gauge("switchboard_circuit_state",
                       ["namespace", "connection"])
 CONNECTIONS = Gauge("switchboard_connections",
                     "PlatformConnections by gateway state (none: no report yet).", ["state"])
+# One-hot per connection, so alerts can say which connection has been retrying for how long.
+CONNECTION_STATE = Gauge("switchboard_connection_state",
+                         "1 for the gateway's current state of each connection, else 0.",
+                         ["namespace", "connection", "state"])
 LEADER = Gauge("switchboard_leader", "1 while this replica is the acting leader.")
 API_REQUESTS = Counter("switchboard_operator_api_requests",
                        "Kubernetes API requests made by this process (kopf's included).",
@@ -33,17 +37,23 @@ CIRCUIT_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 STATES = ("none", "connecting", "connected", "retrying", "fatal", "disconnected")
 
 
-def set_connection_states(states: Iterable[str | None]) -> None:
-    counts = _Counter(s or "none" for s in states)
+def set_connection_states(states: Mapping[tuple[str, str], str | None]) -> None:
+    counts = _Counter(s or "none" for s in states.values())
     for state in STATES:
         CONNECTIONS.labels(state).set(counts.get(state, 0))
+    for (namespace, name), current in states.items():
+        for state in STATES:
+            CONNECTION_STATE.labels(namespace, name, state).set(
+                1 if (current or "none") == state else 0)
 
 
 def forget_connection(namespace: str, name: str) -> None:
-    try:
-        CIRCUIT_STATE.remove(namespace, name)
-    except KeyError:
-        pass
+    for gauge, labels in [(CIRCUIT_STATE, (namespace, name)),
+                          *((CONNECTION_STATE, (namespace, name, st)) for st in STATES)]:
+        try:
+            gauge.remove(*labels)
+        except KeyError:
+            pass
 
 
 def serve(port: int) -> None:

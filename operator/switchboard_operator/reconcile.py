@@ -135,7 +135,7 @@ class Controller:
                 self.poke(key)
 
     def _update_state_gauge(self) -> None:
-        metrics.set_connection_states(self.states.values())
+        metrics.set_connection_states(self.states)
 
     # -- leadership ----------------------------------------------------------------------------
 

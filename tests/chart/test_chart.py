@@ -60,7 +60,9 @@ def test_namespaced_mode_binds_only_listed_namespaces(cluster: Cluster) -> None:
     bindings = [d for d in docs if d["kind"] == "RoleBinding"
                 and d["roleRef"]["kind"] == "ClusterRole"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
-    assert not [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    # Only kopf's cluster-scoped discovery (CRDs, namespaces) is bound cluster-wide.
+    cluster_bound = [d["roleRef"]["name"] for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert cluster_bound == ["sb-switchboard-discovery"]
     deploy = next(d for d in docs if d["kind"] == "Deployment")
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--all-namespaces" not in args
@@ -78,3 +80,20 @@ def test_operator_pod_is_restricted(cluster: Cluster) -> None:
     assert ctr["livenessProbe"]["httpGet"]["port"] == "health"
     assert "resources" in ctr and ctr["resources"]["limits"]["memory"]
 
+
+
+def test_alerts_use_metrics_the_operator_exports(cluster: Cluster) -> None:
+    import re
+
+    from prometheus_client import REGISTRY
+
+    import switchboard_operator.metrics  # noqa: F401 - registers the operator's metrics
+
+    # Family names too: a labelled metric has no samples until its first label set.
+    exported = {n for m in REGISTRY.collect() for n in (m.name, *(s.name for s in m.samples))}
+    rule = next(d for d in rendered(cluster, "--set", "metrics.prometheusRule.enabled=true")
+                if d["kind"] == "PrometheusRule")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    used = {name for e in exprs for name in re.findall(r"\bswitchboard_[a-z_]+", e)}
+    assert used, exprs
+    assert used <= exported, used - exported
