@@ -48,9 +48,8 @@ install: binaries ## apply the CRDs to the current kubeconfig
 run: venv install ## run the operator against the current kubeconfig
 	$(BIN)/switchboard-operator --all-namespaces
 
-demo: venv binaries ## the local demo (arrives with the Helm chart, see README)
-	@echo "make demo is not built yet: it arrives with the Helm chart (issue 5). Today: make cluster-up, make install, make run." >&2
-	@exit 2
+demo: venv binaries ## control plane, Helm chart, fake platforms, two connections, an outage
+	$(BIN)/python -m switchboard_testkit.demo --workdir $(CLUSTER_DIR)
 
 bench: venv binaries ## print the benchmark figures
 	$(BIN)/python bench/operator_scale.py
