@@ -24,6 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="serve all namespaces (the default)")
     p.add_argument("--metrics-port", type=int, default=9090,
                    help="port of the Prometheus /metrics endpoint (0: off; default 9090)")
+    p.add_argument("--metrics-address", default="0.0.0.0",
+                   help="address the /metrics endpoint binds to (default 0.0.0.0)")
     p.add_argument("--health-port", type=int, default=8080,
                    help="port of the liveness endpoint /healthz (0: off; default 8080)")
     p.add_argument("--health-address", default="0.0.0.0",
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     handlers.OPTIONS.lease_name = args.lease_name
     if args.identity:
         handlers.OPTIONS.identity = args.identity
-    metrics.serve(args.metrics_port)
+    metrics.serve(args.metrics_port, args.metrics_address)
     liveness = (f"http://{args.health_address}:{args.health_port}/healthz"
                 if args.health_port else None)
     kopf.run(

@@ -56,7 +56,7 @@ def forget_connection(namespace: str, name: str) -> None:
             pass
 
 
-def serve(port: int) -> None:
+def serve(port: int, address: str = "0.0.0.0") -> None:
     """Start the /metrics HTTP server in a background thread (0 disables it)."""
     if port:
-        start_http_server(port)
+        start_http_server(port, addr=address)

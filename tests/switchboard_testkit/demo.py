@@ -154,7 +154,8 @@ class Demo:
         reply = post(f"{qq}/wait_for_sent", {"timeout": 30, "contains": "hello switchboard"})
         step(f"qq reply: {_text(reply)!r}")
 
-        step("outage: the fake Telegram now answers every call with 502 Bad Gateway")
+        step("outage: the fake Telegram now answers every call with 502 Bad Gateway "
+             "(the gateway sees it when its current long poll ends, within 30 s)")
         post(f"{tg}/fail_next", {"n": 100000, "status": 502, "method": None})
         self.watch_until(lambda r: r.get("restarts", 0) >= 1, "the operator restarts the gateway",
                          timeout=240)
@@ -162,6 +163,10 @@ class Demo:
         post(f"{tg}/clear_faults")
         self.watch_until(lambda r: r.get("state") == "connected", "connected again", timeout=240)
         print(self.kubectl("-n", NS, "get", "platformconnections", "-o", "wide").stdout,
+              flush=True)
+        step("what the operator recorded as Events on telegram-bot:")
+        print(self.kubectl("-n", NS, "get", "events", "--sort-by=.lastTimestamp",
+                           "--field-selector", "involvedObject.name=telegram-bot").stdout,
               flush=True)
         self.outro()
 
@@ -178,9 +183,10 @@ class Demo:
         while time.monotonic() < deadline:
             line = self.kubectl("-n", NS, "get", "platformconnection", "telegram-bot",
                                 "--no-headers").stdout.strip()
-            if line != last:
+            shown = line.rsplit(None, 1)[0]  # without AGE, which changes every second
+            if shown != last:
                 print(f"    {line}", flush=True)
-                last = line
+                last = shown
             status = json.loads(self.kubectl("-n", NS, "get", "platformconnection",
                                              "telegram-bot", "-o", "json").stdout).get("status", {})
             if done(status):
