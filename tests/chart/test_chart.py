@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from typing import Any
 
 import yaml
 
 from switchboard_testkit.binaries import REPO
 from switchboard_testkit.cluster import Cluster
+from switchboard_testkit.controlplane import wait_for
+from switchboard_testkit.net import free_port
 
 CHART = REPO / "helm" / "switchboard"
+TOKEN = "4242:chart-test-token"
 
 
 def helm(cluster: Cluster, *args: str, check: bool = True,
@@ -97,3 +102,82 @@ def test_alerts_use_metrics_the_operator_exports(cluster: Cluster) -> None:
     used = {name for e in exprs for name in re.findall(r"\bswitchboard_[a-z_]+", e)}
     assert used, exprs
     assert used <= exported, used - exported
+
+
+RELEASE, RELEASE_NS = "sb-life", "sb-life"
+CRD = "customresourcedefinition/platformconnections.switchboard.dev"
+
+
+def _adopt_existing_crd(cluster: Cluster) -> None:
+    """Other tests may have applied the CRD with kubectl; let Helm adopt it, as a user would."""
+    if cluster.kubectl("get", CRD, check=False).returncode != 0:
+        return
+    cluster.kubectl("label", "--overwrite", CRD, "app.kubernetes.io/managed-by=Helm")
+    cluster.kubectl("annotate", "--overwrite", CRD, f"meta.helm.sh/release-name={RELEASE}",
+                    f"meta.helm.sh/release-namespace={RELEASE_NS}")
+
+
+def _operator_pods(cluster: Cluster) -> list[dict[str, Any]]:
+    out = cluster.kubectl("-n", RELEASE_NS, "get", "pods", "-o", "json", "-l",
+                          f"app.kubernetes.io/instance={RELEASE}").stdout
+    return [p for p in json.loads(out)["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def test_install_connect_upgrade_uninstall(cluster: Cluster, namespace: str) -> None:
+    _adopt_existing_crd(cluster)
+    port = free_port()
+    fake = subprocess.Popen([sys.executable, "-m", "switchboard_testkit.fake_telegram",
+                             f"--port={port}", f"--token={TOKEN}"], env=cluster.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        helm(cluster, "install", RELEASE, str(CHART), "-n", RELEASE_NS, "--create-namespace",
+             "--wait", "--timeout=3m")
+        first = wait_for(lambda: [p for p in _operator_pods(cluster)
+                                  if p["status"].get("phase") == "Running"], 60,
+                         "the operator pod from the chart to run")[0]
+
+        cluster.kubectl("-n", namespace, "apply", "-f", "-", input=f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: bot}}
+stringData: {{token: "{TOKEN}"}}
+---
+apiVersion: switchboard.dev/v1alpha1
+kind: PlatformConnection
+metadata: {{name: chart-bot}}
+spec:
+  platform: telegram
+  apiBaseURL: http://127.0.0.1:{port}/bot
+  telegram: {{tokenSecretRef: {{name: bot}}}}
+  backend: {{echo: true}}
+""")
+        cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", "--timeout=120s",
+                        "platformconnection/chart-bot", timeout=150)
+
+        # A changed value rolls the operator (one replica: Recreate, never two acting).
+        helm(cluster, "upgrade", RELEASE, str(CHART), "-n", RELEASE_NS, "--reuse-values",
+             "--set", "logLevel=debug", "--wait", "--timeout=3m")
+        second = wait_for(lambda: [p for p in _operator_pods(cluster)
+                                   if p["metadata"]["uid"] != first["metadata"]["uid"]
+                                   and p["status"].get("phase") == "Running"], 60,
+                          "a new operator pod after helm upgrade")[0]
+        args = second["spec"]["containers"][0]["args"]
+        assert "--verbose" in args
+        cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", "--timeout=60s",
+                        "platformconnection/chart-bot", timeout=90)
+    finally:
+        helm(cluster, "uninstall", RELEASE, "-n", RELEASE_NS, "--wait", "--timeout=2m",
+             check=False)
+        fake.terminate()
+        fake.wait(10)
+
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    left = cluster.kubectl("get", "deployments,serviceaccounts,services,roles,rolebindings,"
+                           "clusterroles,clusterrolebindings", "-A", "-l", selector,
+                           "-o", "name").stdout.split()
+    assert left == []
+    wait_for(lambda: not _operator_pods(cluster), 60, "the operator pod to go away")
+    # The CRD, and with it the user's connection, survive the uninstall (crds.keep).
+    cluster.kubectl("get", CRD)
+    cluster.kubectl("-n", namespace, "get", "platformconnection/chart-bot")
