@@ -4,6 +4,19 @@ An adapter (telegram.py, qqbot.py) connects to its platform, tells a StatusSink 
 change, hands inbound messages to a Relay and sends the replies back. It returns only when asked
 to stop; when its own reconnect ladder is exhausted, or the platform says the credentials are
 wrong, it raises FatalAdapterError and the gateway reports `fatal` for the operator to act on.
+
+Construction (main.make_adapter imports the module lazily)::
+
+    adapter = TelegramAdapter(config, sink, relay)   # switchboard_gateway.telegram
+    adapter = QQBotAdapter(config, sink, relay)      # switchboard_gateway.qqbot
+    await adapter.run(stop)                          # returns soon after `stop` is set
+
+- ``config``: config.GatewayConfig (credentials are config.Secret: call ``.reveal()``; the values
+  are registered with redact.py, so ``redact.describe(exc)`` scrubs them from any message);
+- ``sink``: a StatusSink (status.StatusReporter in production). It also keeps the `state` metric;
+- ``relay``: a Relay, already started by main (relay.HttpRelay or relay.EchoRelay).
+Metrics the adapter updates itself (metrics.py): RECONNECT_ATTEMPTS, ERRORS, MESSAGES_IN,
+MESSAGES_OUT, DUPLICATES. On stop the adapter just returns: main writes the final state.
 """
 
 from __future__ import annotations
@@ -43,10 +56,15 @@ class StatusSink(Protocol):
         """Record the state; returns once it reached the API server (or a short bound passed),
         so a `retrying` report lands before the adapter starts its back-off sleep."""
 
+    def record(self, state: State, *, attempt: int = 0, max_attempts: int = 0,
+               error: AdapterError | None = None) -> object:
+        """Record the state without waiting for the write (it still lands, coalesced, and is
+        never dropped). For `connected`: relaying messages must not wait on the API server."""
+
 
 @dataclass(frozen=True)
 class InboundMessage:
-    """One platform message, in the JSON body the backend receives (see README: Relay)."""
+    """One platform message, in the JSON body the backend receives (docs/relay.md)."""
 
     connection: str
     platform: str
@@ -68,4 +86,8 @@ class Relay(Protocol):
 
 
 class Adapter(Protocol):
-    async def run(self, stop: asyncio.Event) -> None: ...
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, relay, reconnect; return once `stop` is set (within a few seconds).
+        Raise FatalAdapterError when giving up. Report every state change to the sink, with
+        `retrying` (attempt N/MAX, error) awaited *before* each back-off sleep and `connected`
+        only after the platform really answered."""

@@ -1,0 +1,99 @@
+"""Health (:8080 /healthz, /readyz) and metrics (:9090 /metrics) endpoints.
+
+- /healthz (liveness) fails only when the process is wedged: a heartbeat task stamps the time
+  every second, and a stamp older than ``stale_after`` means the event loop is starved or stuck.
+  A fully blocked loop cannot answer at all, which fails the probe just the same. Being
+  disconnected, retrying or even `fatal` is *not* a liveness failure: the kubelet restarting the
+  container would hide the state the operator acts on (see main.py).
+- /readyz (readiness) is 200 only while the adapter reports `connected`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+
+class HealthServer:
+    def __init__(
+        self,
+        *,
+        host: str,
+        health_port: int,
+        metrics_port: int,
+        ready: Callable[[], bool],
+        state: Callable[[], str] = lambda: "",
+        registry: CollectorRegistry = REGISTRY,
+        beat_interval: float = 1.0,
+        stale_after: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.health_port = health_port
+        self.metrics_port = metrics_port
+        self._ready = ready
+        self._state = state
+        self._registry = registry
+        self.beat_interval = beat_interval
+        self.stale_after = stale_after
+        self._last_beat = 0.0
+        self._beat_task: asyncio.Task[None] | None = None
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last_beat = loop.time()
+        self._beat_task = asyncio.create_task(self._beat(), name="heartbeat")
+        health = web.Application()
+        health.router.add_get("/healthz", self._healthz)
+        health.router.add_get("/readyz", self._readyz)
+        metrics = web.Application()
+        metrics.router.add_get("/metrics", self._metrics)
+        self.health_port = await self._serve(health, self.health_port)
+        self.metrics_port = await self._serve(metrics, self.metrics_port)
+
+    async def _serve(self, app: web.Application, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, port, reuse_address=True)
+        await site.start()
+        self._runners.append(runner)
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        return int(server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._beat_task is not None:
+            self._beat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat_task
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+
+    def alive(self) -> bool:
+        return asyncio.get_running_loop().time() - self._last_beat <= self.stale_after
+
+    async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._last_beat = loop.time()
+            await asyncio.sleep(self.beat_interval)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        if self.alive():
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="event loop heartbeat is stale\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        state = self._state()
+        if self._ready():
+            return web.Response(text=f"ready: {state}\n")
+        return web.Response(status=503, text=f"not ready: {state or 'starting'}\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

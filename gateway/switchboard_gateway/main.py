@@ -1,0 +1,176 @@
+"""``switchboard-gateway``: one platform connection, reported honestly into its CR status.
+
+Lifecycle:
+- load the config (env), start health/metrics, the status reporter and the relay, then run the
+  adapter for the platform until SIGTERM/SIGINT;
+- FatalAdapterError (ladder exhausted, bad token, polling conflict): report `fatal` with the
+  error and *stay alive*, serving /healthz (alive) and /readyz (not ready). Exiting would let the
+  kubelet restart the container on its own CrashLoopBackOff schedule and the pod would flap
+  between `connecting` and `fatal`; instead the operator reads `lastError.retryable` and decides
+  (restart with its back-off, open the circuit, or wait for a person);
+- SIGTERM: stop the adapter (bounded), write the final state (`disconnected`, unless `fatal`,
+  which stays for the operator) and exit 0 well within the grace period.
+An invalid environment is reported as a non-retryable fatal `gateway_config_invalid` when the
+connection is known (so it shows in status); otherwise the process exits with 78 (EX_CONFIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from switchboard_gateway import redact
+from switchboard_gateway.adapter import (
+    Adapter,
+    AdapterError,
+    FatalAdapterError,
+    Relay,
+    State,
+    StatusSink,
+)
+from switchboard_gateway.config import ConfigError, GatewayConfig
+from switchboard_gateway.health import HealthServer
+from switchboard_gateway.relay import make_relay
+from switchboard_gateway.status import KubeStatusWriter, StatusReporter
+
+log = logging.getLogger("switchboard.gateway")
+
+EX_CONFIG = 78
+ADAPTER_STOP_TIMEOUT = 5.0  # the pod's grace period is 30 s by default; we need far less
+FINAL_WRITE_TIMEOUT = 5.0
+
+
+def make_adapter(config: GatewayConfig, sink: StatusSink, relay: Relay) -> Adapter:
+    """Adapters are imported lazily: a Telegram gateway never loads the QQ code and vice versa."""
+    if config.platform == "telegram":
+        from switchboard_gateway.telegram import TelegramAdapter
+
+        return TelegramAdapter(config, sink, relay)
+    if config.platform == "qqbot":
+        from switchboard_gateway.qqbot import QQBotAdapter
+
+        return QQBotAdapter(config, sink, relay)
+    raise ConfigError(f"unknown platform {config.platform!r}")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    redact.install()
+    # PTB logs a traceback for every non-JSON error page (502 from nginx); the adapter reports
+    # those errors itself, once, short and redacted.
+    logging.getLogger("telegram.request.BaseRequest").setLevel(logging.CRITICAL)
+
+
+async def run(config: GatewayConfig, stop: asyncio.Event | None = None,
+              reporter: StatusReporter | None = None) -> int:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (in-process tests): the caller sets `stop`
+    if reporter is None:
+        writer = KubeStatusWriter(config.namespace, config.connection)
+        reporter = StatusReporter(writer, platform=config.platform, pod_name=config.pod_name)
+    await reporter.start()
+    health = HealthServer(host=config.bind_address, health_port=config.health_port,
+                          metrics_port=config.metrics_port, ready=lambda: reporter.connected,
+                          state=lambda: reporter.state.value if reporter.state else "")
+    await health.start()
+    log.info("gateway for %s (%s) up: health :%d, metrics :%d", config.connection_ref,
+             config.platform, health.health_port, health.metrics_port)
+    relay = make_relay(config)
+    await relay.start()
+    try:
+        error: BaseException | None = None
+        try:
+            adapter = make_adapter(config, reporter, relay)
+        except Exception as exc:  # e.g. the adapter module failed to import
+            error = exc
+        else:
+            task = asyncio.create_task(adapter.run(stop), name=f"{config.platform}-adapter")
+            await _wait_adapter(task, stop)
+            error = task.exception() if task.done() and not task.cancelled() else None
+        if isinstance(error, FatalAdapterError):
+            log.error("adapter gave up: %s (retryable=%s)", error.error.message,
+                      error.error.retryable)
+            attempt, max_attempts = reporter.attempts
+            await reporter.report(State.FATAL, attempt=attempt, max_attempts=max_attempts,
+                                  error=error.error)
+        elif error is not None:  # a bug: still tell the operator, who restarts us
+            log.error("adapter crashed: %s", redact.describe(error), exc_info=error)
+            await reporter.report(State.FATAL, error=AdapterError(
+                "gateway_internal_error", redact.describe(error), True))
+        # Fatal: keep serving health until the operator acts (see module docstring).
+        await stop.wait()
+    finally:
+        await relay.close()
+        await reporter.close(State.DISCONNECTED, timeout=FINAL_WRITE_TIMEOUT)
+        await health.stop()
+        final = reporter.state.value if reporter.state else "-"
+        log.info("gateway stopped (final state %s)", final)
+    return 0
+
+
+async def _wait_adapter(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Until the adapter ends; once stop fires, give it ADAPTER_STOP_TIMEOUT, then cancel it."""
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await asyncio.wait((task,), timeout=ADAPTER_STOP_TIMEOUT)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            log.warning("adapter did not stop within %.0fs; cancelling it", ADAPTER_STOP_TIMEOUT)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def report_config_error(config_env: dict[str, str], error: ConfigError) -> int:
+    """Show a broken configuration in status (non-retryable) and wait for SIGTERM."""
+    name, namespace = config_env.get("SWITCHBOARD_CONNECTION"), config_env.get(
+        "SWITCHBOARD_NAMESPACE")
+    if not name or not namespace:
+        return EX_CONFIG
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        writer = KubeStatusWriter(namespace, name)
+    except Exception as exc:
+        log.error("cannot reach the API server to report it: %s", redact.describe(exc))
+        return EX_CONFIG
+    reporter = StatusReporter(writer, platform=config_env.get("SWITCHBOARD_PLATFORM", "unknown"),
+                              pod_name=config_env.get("SWITCHBOARD_POD_NAME", ""))
+    await reporter.start()
+    await reporter.report(State.FATAL, error=AdapterError(
+        "gateway_config_invalid", str(error), False))
+    await stop.wait()
+    await reporter.close(None)
+    return 0
+
+
+def main() -> None:
+    setup_logging(os.environ.get("SWITCHBOARD_LOG_LEVEL", "INFO").upper())
+    os.environ.setdefault("PTB_TIMEDELTA", "true")  # PTB 22: time periods as timedelta
+    try:
+        config = GatewayConfig.from_env()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        sys.exit(asyncio.run(report_config_error(dict(os.environ), exc)))
+    logging.getLogger().setLevel(getattr(logging, config.log_level, logging.INFO))
+    sys.exit(asyncio.run(run(config)))
+
+
+if __name__ == "__main__":
+    main()

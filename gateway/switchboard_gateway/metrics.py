@@ -1,0 +1,64 @@
+"""Prometheus metrics of the gateway (served on :9090/metrics by health.py).
+
+Shared by every adapter: import the objects below by name. Labels carry only the platform, the
+state, an error code or a result: never a token, chat id, user id or URL.
+
+Who updates what:
+- STATE and STATUS_WRITES: the StatusReporter (status.py), on every report / API write;
+- RECONNECT_ATTEMPTS, ERRORS, MESSAGES_IN, MESSAGES_OUT, DUPLICATES: the adapters;
+- BACKEND_LATENCY: the relay (relay.py), per backend request.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from switchboard_gateway.adapter import State
+
+STATE = Gauge(
+    "switchboard_gateway_state",
+    "1 for the connection's current state, 0 for the others (one-hot by state).",
+    ["platform", "state"],
+)
+RECONNECT_ATTEMPTS = Counter(
+    "switchboard_gateway_reconnect_attempts_total",
+    "Reconnect attempts (each failed attempt that leads to a back-off sleep).",
+    ["platform"],
+)
+ERRORS = Counter(
+    "switchboard_gateway_errors_total",
+    "Errors by machine-readable code (e.g. telegram_network_error, backend_error).",
+    ["platform", "code"],
+)
+MESSAGES_IN = Counter(
+    "switchboard_gateway_messages_received_total",
+    "Inbound platform messages accepted by the backend (each counted once).",
+    ["platform"],
+)
+MESSAGES_OUT = Counter(
+    "switchboard_gateway_messages_sent_total",
+    "Replies sent to the platform.",
+    ["platform"],
+)
+DUPLICATES = Counter(
+    "switchboard_gateway_duplicate_messages_total",
+    "Inbound messages seen again in the same process and not handed to the backend twice.",
+    ["platform"],
+)
+BACKEND_LATENCY = Histogram(
+    "switchboard_gateway_backend_latency_seconds",
+    "Time from handing a message to the backend until its answer (successful or not).",
+    ["platform"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+STATUS_WRITES = Counter(
+    "switchboard_gateway_status_writes_total",
+    "Writes of the gateway-owned status fields to the API server, by result (ok, error).",
+    ["result"],
+)
+
+
+def set_state(platform: str, state: State) -> None:
+    for candidate in State:
+        STATE.labels(platform=platform, state=candidate.value).set(
+            1 if candidate is state else 0)
