@@ -65,6 +65,7 @@ class PConn:
     api: client.ApiClient
     history: list[StatusEvent] = field(default_factory=list)
     _stop_watch: threading.Event = field(default_factory=threading.Event)
+    _watching: bool = False
 
     @property
     def custom(self) -> client.CustomObjectsApi:
@@ -85,10 +86,17 @@ class PConn:
         last: dict[str, Any] = {}
         while time.monotonic() < deadline:
             last = await asyncio.to_thread(self.status)
-            if predicate(last):
+            if predicate(last) and self._recorded(last):
                 return last
             await asyncio.sleep(0.05)
         raise TimeoutError(f"{what} not reached within {timeout}s; last status: {last}")
+
+    def _recorded(self, status: dict[str, Any]) -> bool:
+        """A GET can be ahead of the watch: callers also read `history`, so only report a
+        status once the watch has delivered it too (when a watch runs)."""
+        if not self._watching:
+            return True
+        return any(e.status == status for e in reversed(self.history))
 
     async def wait_state(self, state: str, timeout: float = 15.0, **fields: Any) -> dict[str, Any]:  # noqa: ASYNC109
         def match(s: dict[str, Any]) -> bool:
@@ -120,6 +128,7 @@ class PConn:
 
     # The watch runs in a thread and records every status change with its arrival time.
     def start_watch(self) -> None:
+        self._watching = True
         threading.Thread(target=self._watch, daemon=True, name=f"watch-{self.name}").start()
 
     def stop_watch(self) -> None:
