@@ -40,6 +40,10 @@ from typing import Any, Literal
 from switchboard_operator.circuit import Circuit, CircuitState, format_time, parse_time
 
 READY = "Ready"
+# kstatus (Flux) and the API conventions' abnormal-true conditions: Reconciling while work is
+# under way, Stalled when waiting will not help. Both derive from Ready.
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -310,3 +314,21 @@ def _last_error(i: ReadyInputs) -> str:
     if i.error_code or i.error_message:
         return f" Last error: {i.error_code or i.error_message}"
     return ""
+
+
+# Ready reasons that will not get better by waiting: a person (or a Secret/spec change) must act.
+STALLED_REASONS = frozenset({
+    Reason.CREDENTIALS_INVALID, Reason.POLLING_CONFLICT, Reason.BANNED,
+    Reason.CONFIGURATION_INVALID, Reason.FAILED, Reason.SECRET_MISSING, Reason.CIRCUIT_OPEN})
+
+
+def kstatus_conditions(ready: ConditionValue) -> dict[str, ConditionValue]:
+    """Reconciling and Stalled for the given Ready value (suspended: neither; it is at rest)."""
+    stalled = ready.status == "False" and ready.reason in STALLED_REASONS
+    working = ready.status != "True" and not stalled and ready.reason != Reason.SUSPENDED
+    return {
+        RECONCILING: ConditionValue("True" if working else "False", ready.reason,
+                                    ready.message if working else ""),
+        STALLED: ConditionValue("True" if stalled else "False", ready.reason,
+                                ready.message if stalled else ""),
+    }

@@ -49,6 +49,8 @@ def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
     value = cond.ready_condition(inputs)
     generation = int(meta.get("generation", 0))
     ready = cond.make_condition(status.get("conditions"), cond.READY, value, generation, now)
+    extra = [cond.make_condition(status.get("conditions"), kind, v, generation, now)
+             for kind, v in cond.kstatus_conditions(value).items()]
 
     suspended = bool(spec.get("suspend", False))
     not_ready_since = (parse_time(ready["lastTransitionTime"])
@@ -64,7 +66,7 @@ def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
     if plan.reset_request is not None:
         circuit["resetRequest"] = plan.reset_request
     out: dict[str, Any] = {
-        "conditions": [ready],
+        "conditions": [ready, *extra],
         "observedGeneration": generation,
         "consecutiveFailures": plan.circuit.consecutive_failures,
         "circuit": circuit,
@@ -76,11 +78,12 @@ def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
 
 
 def current(status: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The operator-owned fields as stored (only our Ready condition)."""
+    """The operator-owned fields as stored (only our conditions)."""
     status = status or {}
     out = {k: status[k] for k in OPERATOR_FIELDS if k in status}
     if "conditions" in out:
-        out["conditions"] = [c for c in out["conditions"] if c.get("type") == cond.READY]
+        ours = (cond.READY, cond.RECONCILING, cond.STALLED)
+        out["conditions"] = [c for c in out["conditions"] if c.get("type") in ours]
     return out
 
 

@@ -354,3 +354,28 @@ def test_reasons_are_valid_condition_reasons():
 
 def test_gateway_states_match_the_crd_enum():
     assert list(GATEWAY_STATES) == _status_schema()["properties"]["state"]["enum"]
+
+
+@pytest.mark.parametrize(("status", "reason", "reconciling", "stalled"), [
+    ("True", Reason.CONNECTED, "False", "False"),
+    ("False", Reason.RETRYING, "True", "False"),
+    ("False", Reason.PROGRESSING, "True", "False"),
+    ("False", Reason.CIRCUIT_OPEN, "False", "True"),
+    ("False", Reason.CREDENTIALS_INVALID, "False", "True"),
+    ("False", Reason.SECRET_MISSING, "False", "True"),
+    ("False", Reason.SUSPENDED, "False", "False"),
+    ("Unknown", Reason.UNKNOWN_STATE, "True", "False"),
+])
+def test_kstatus_conditions_follow_ready(status: str, reason: Reason, reconciling: str,
+                                         stalled: str) -> None:
+    from switchboard_operator.conditions import (
+        RECONCILING,
+        STALLED,
+        ConditionValue,
+        kstatus_conditions,
+    )
+
+    got = kstatus_conditions(ConditionValue(status, reason, "why"))  # type: ignore[arg-type]
+    assert got[RECONCILING].status == reconciling
+    assert got[STALLED].status == stalled
+    assert (got[STALLED].message == "why") == (stalled == "True")

@@ -83,6 +83,10 @@ def test_circuit_opens_half_opens_reopens_and_closes(
     assert status["circuit"]["cooldownSeconds"] == 2 and status["circuit"]["opens"] == 1
     assert "2 consecutive failed restarts" in c["message"]
     assert kit.deployment("cb").spec.replicas == 0
+    # kstatus (Flux) reads this as Failed; Argo CD's health check as Degraded.
+    kinds = {x["type"]: x for x in status["conditions"]}
+    assert kinds["Stalled"]["status"] == "True" and kinds["Stalled"]["reason"] == "CircuitOpen"
+    assert kinds["Reconciling"]["status"] == "False"
     (opened,) = kit.events("cb", "CircuitOpened")
     assert opened.type == "Warning"
     probe_at = parse_time(status["circuit"]["nextProbeTime"]).timestamp()
