@@ -181,14 +181,14 @@ class Demo:
         step(f"watching kubectl get platformconnections until {what} ...")
         deadline, last = time.monotonic() + timeout, ""
         while time.monotonic() < deadline:
+            status = json.loads(self.kubectl("-n", NS, "get", "platformconnection",
+                                             "telegram-bot", "-o", "json").stdout).get("status", {})
             line = self.kubectl("-n", NS, "get", "platformconnection", "telegram-bot",
                                 "--no-headers").stdout.strip()
             shown = line.rsplit(None, 1)[0]  # without AGE, which changes every second
             if shown != last:
                 print(f"    {line}", flush=True)
                 last = shown
-            status = json.loads(self.kubectl("-n", NS, "get", "platformconnection",
-                                             "telegram-bot", "-o", "json").stdout).get("status", {})
             if done(status):
                 return
             time.sleep(0.5)  # display refresh rate of this watch, not a wait for a condition
