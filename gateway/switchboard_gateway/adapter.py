@@ -14,7 +14,9 @@ Construction (main.make_adapter imports the module lazily)::
 - ``config``: config.GatewayConfig (credentials are config.Secret: call ``.reveal()``; the values
   are registered with redact.py, so ``redact.describe(exc)`` scrubs them from any message);
 - ``sink``: a StatusSink (status.StatusReporter in production). It also keeps the `state` metric;
-- ``relay``: a Relay, already started by main (relay.HttpRelay or relay.EchoRelay).
+- ``relay``: a Relay, already started by main (relay.HttpRelay or relay.EchoRelay);
+- QQ only, optional ``store``: a FieldStore for state that outlives the process (the QQ session
+  in status.qqSession); defaults to the sink when the sink is one, as the StatusReporter is.
 Metrics the adapter updates itself (metrics.py): RECONNECT_ATTEMPTS, ERRORS, MESSAGES_IN,
 MESSAGES_OUT, DUPLICATES. On stop the adapter just returns: main writes the final state.
 """
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class State(StrEnum):
@@ -60,6 +62,21 @@ class StatusSink(Protocol):
                error: AdapterError | None = None) -> object:
         """Record the state without waiting for the write (it still lands, coalesced, and is
         never dropped). For `connected`: relaying messages must not wait on the API server."""
+
+
+@runtime_checkable
+class FieldStore(Protocol):
+    """Auxiliary gateway-owned status fields an adapter keeps across restarts (status.py's
+    StatusReporter implements it; main passes the reporter as both sink and store).
+
+    - ``restore``: the values a previous process left (call before the first report);
+    - ``set_field``: the new value (``None`` removes it), written lazily within the status write
+      budget and carried in every later write, the final one on shutdown included.
+    """
+
+    async def restore(self, names: tuple[str, ...], timeout: float) -> dict[str, Any]: ...  # noqa: ASYNC109
+
+    def set_field(self, name: str, value: Any) -> object: ...
 
 
 @dataclass(frozen=True)

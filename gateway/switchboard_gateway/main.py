@@ -153,6 +153,7 @@ async def report_config_error(config_env: dict[str, str], error: ConfigError) ->
     reporter = StatusReporter(writer, platform=config_env.get("SWITCHBOARD_PLATFORM", "unknown"),
                               pod_name=config_env.get("SWITCHBOARD_POD_NAME", ""))
     await reporter.start()
+    await reporter.restore(timeout=2.0)  # keep e.g. status.qqSession for the fixed pod
     await reporter.report(State.FATAL, error=AdapterError(
         "gateway_config_invalid", str(error), False))
     await stop.wait()

@@ -12,8 +12,16 @@ about two intervals, not at TCP timeout).
 Messages: C2C and group @-messages go into an in-process queue that outlives reconnects, are
 handed to the relay one at a time (a failing backend is retried with back-off forever, the
 adapter keeps running), and the reply is a passive reply (``msg_id``) over REST. A message id
-seen twice (a replay after Resume) is handled once. The queue does not survive a restart: the
-QQ platform has no acknowledgement to hold back, and a new process starts a new session.
+seen twice (a replay after Resume) is handled once.
+
+Restarts: the session survives the process in ``status.qqSession`` ({sessionId, seq, updatedAt,
+appId}), written through the FieldStore (the StatusReporter) within its write budget. ``seq`` is
+the last *handled* dispatch: every dispatch up to it was relayed to the backend and answered (or
+was not a message), so a new process resumes from there and the platform replays everything
+after it, including what arrived while no process was connected (at least once: what was
+handled in the last second or so before a SIGKILL is replayed too; the reply to it is sent with
+the same ``msg_seq`` and deduplicated by the platform). A stored session the platform no longer
+resumes (4006, 4007, op 9 false) costs no ladder step: the adapter identifies at once.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -38,6 +46,7 @@ from switchboard_gateway.adapter import (
     AdapterError,
     BackendError,
     FatalAdapterError,
+    FieldStore,
     InboundMessage,
     Relay,
     State,
@@ -84,6 +93,11 @@ BACKEND_ERROR = "backend_error"
 _CREDENTIAL_CODES = frozenset({100007, 100016})
 _DUPLICATE_REPLY = 40054005  # "message deduplicated": an earlier attempt of this reply landed
 _SEEN_LIMIT = 10_000
+SESSION_FIELD = "qqSession"  # the gateway-owned status field holding the session to resume
+_MAX_SESSION_ID = 256  # the CRD's maxLength of qqSession.sessionId
+_MAX_SEQ = 2**53 - 1  # the CRD's maximum of qqSession.seq
+_MAX_APP_ID = 64  # the CRD's maxLength of qqSession.appId
+RESTORE_TIMEOUT = 5.0  # reading the stored session must not hold the start up for longer
 
 log = logging.getLogger(__name__)
 # websockets logs every frame at DEBUG, Identify (with the token) included: pin its logger.
@@ -234,18 +248,24 @@ class QQBotAdapter:
     """One QQ Bot connection (see the module docstring and qqbot_protocol.py)."""
 
     def __init__(self, config: GatewayConfig | QQBotSettings, sink: StatusSink,
-                 relay: Relay) -> None:
+                 relay: Relay, store: FieldStore | None = None) -> None:
         self.settings = (config if isinstance(config, QQBotSettings)
                          else QQBotSettings.from_config(config))
         s = self.settings
         self._sink = sink
         self._relay = relay
+        # Where the session survives a restart; main's StatusReporter is sink and store at once.
+        self._store = store if store is not None else (
+            sink if isinstance(sink, FieldStore) else None)
         self.ladder = ReconnectLadder(
             steps=s.delays, max_attempts=s.max_attempts, rate_limit_delay=s.rate_limit_delay,
             quick_window=s.quick_window, burst_size=s.burst_size)
         self.session_id: str | None = None
-        self.seq: int | None = None
-        self._inbox: asyncio.Queue[ChatMessage] = asyncio.Queue()
+        self.seq: int | None = None  # last dispatch received
+        self._inbox: asyncio.Queue[_Item] = asyncio.Queue()
+        self._unhandled: deque[_Item] = deque()  # in the inbox or being handled, in seq order
+        self._persisted: tuple[str, int] | None = None  # (session, seq) given to the store
+        self._restored = False  # resuming a session a previous process stored
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._report_task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -263,6 +283,7 @@ class QQBotAdapter:
         self._tokens = _Tokens(s, self._http)
         worker = asyncio.create_task(self._worker(stop), name="qqbot-worker")
         try:
+            await self._restore_session()  # before the first write, which would drop it
             await self._report(State.CONNECTING)
             while not stop.is_set():
                 outcome = await _until_stopped(self._connect_once(), stop)
@@ -288,7 +309,13 @@ class QQBotAdapter:
             log.error("QQ Bot gateway closed the connection for good: %s", message)
             raise FatalAdapterError(outcome.code, message, False)
         if outcome.next is Next.IDENTIFY:
+            restored, self._restored = self._restored, False
             self.session_id, self.seq = None, None
+            if restored:
+                # The stored session expired while no process was connected: identify at once,
+                # no ladder step, no `retrying` (what arrived meanwhile is lost, as before).
+                log.info("QQ Bot stored session not resumable (%s): identifying anew", message)
+                return
         if outcome.refresh_token and self._tokens is not None:
             self._tokens.invalidate()
         if outcome.planned and not quick:
@@ -356,8 +383,9 @@ class QQBotAdapter:
             self.link_up = False
             if conn.heartbeat is not None:
                 conn.heartbeat.cancel()
-            # 4000 (not 1000) on a reconnect: a normal closure may end the session we resume.
-            await self._close(conn, None if conn.dead else 1000 if self._stop.is_set() else 4000)
+            # 4000, not 1000, on a reconnect and on stop too: a normal closure may end the
+            # session, which the next connection (or the next process) resumes.
+            await self._close(conn, None if conn.dead else 4000)
         outcome.opened_at, outcome.ready = conn.opened_at, conn.ready
         return outcome
 
@@ -431,13 +459,15 @@ class QQBotAdapter:
 
     async def _on_payload(self, conn: _Conn, payload: dict[str, Any]) -> _Outcome | None:
         op = payload.get("op")
-        if isinstance(payload.get("s"), int):
-            self.seq = payload["s"]
+        s = payload.get("s")
+        if isinstance(s, int) and not isinstance(s, bool):
+            self.seq = s
         if op == Op.HEARTBEAT_ACK:
             assert conn.monitor is not None
             conn.monitor.ack(asyncio.get_running_loop().time())
         elif op == Op.DISPATCH:
-            await self._on_dispatch(conn, payload.get("t"), payload.get("d"))
+            await self._on_dispatch(conn, payload.get("t"), payload.get("d"), self.seq)
+            self._persist()
         elif op == Op.RECONNECT:
             return _Outcome(RECONNECT_REQUESTED, "the platform asked to reconnect (op 7)",
                             cause=Cause.CLOSE_CODE, planned=True)
@@ -451,7 +481,8 @@ class QQBotAdapter:
             await conn.ws.send(json.dumps(heartbeat_payload(self.seq)))
         return None
 
-    async def _on_dispatch(self, conn: _Conn, event: object, d: object) -> None:
+    async def _on_dispatch(self, conn: _Conn, event: object, d: object,
+                           seq: int | None) -> None:
         if event == "READY":
             session_id = d.get("session_id") if isinstance(d, dict) else None
             if not isinstance(session_id, str) or not session_id:
@@ -463,11 +494,12 @@ class QQBotAdapter:
         elif isinstance(event, str):
             message = parse_message(event, d)
             if message is not None:
-                self._enqueue(message)
+                self._enqueue(message, seq)
 
     def _connected(self, conn: _Conn, how: str) -> None:
         conn.ready = True
         self.link_up = True
+        self._restored = False
         log.info("QQ Bot gateway %s (session %s)", how, self.session_id)
         # Not awaited: the reader must keep reading ACKs; reports stay in order (see _report).
         self._report_later(State.CONNECTED, max_attempts=self.settings.max_attempts)
@@ -507,7 +539,7 @@ class QQBotAdapter:
 
     # ------------------------------------------------------------------- messages
 
-    def _enqueue(self, message: ChatMessage) -> None:
+    def _enqueue(self, message: ChatMessage, seq: int | None) -> None:
         if message.message_id in self._seen:
             metrics.DUPLICATES.labels(platform=PLATFORM).inc()
             log.info("QQ Bot message %s seen again (replay), handled once", message.message_id)
@@ -515,17 +547,25 @@ class QQBotAdapter:
         self._seen[message.message_id] = None
         while len(self._seen) > _SEEN_LIMIT:
             self._seen.popitem(last=False)
-        self._inbox.put_nowait(message)
+        item = _Item(message, self.session_id, seq)
+        self._unhandled.append(item)
+        self._inbox.put_nowait(item)
 
     async def _worker(self, stop: asyncio.Event) -> None:
         while True:
-            message = await self._inbox.get()
+            item = await self._inbox.get()
             try:
-                await self._handle(message, stop)
-            except Exception:  # one bad message must not end the worker
-                log.exception("QQ Bot message %s could not be handled", message.message_id)
+                handled = await self._handle(item.message, stop)
+            except Exception:  # one bad message must not end the worker (nor hold the seq)
+                log.exception("QQ Bot message %s could not be handled", item.message.message_id)
+                handled = True
+            if handled:
+                with contextlib.suppress(ValueError):
+                    self._unhandled.remove(item)
+                self._persist()
 
-    async def _handle(self, message: ChatMessage, stop: asyncio.Event) -> None:
+    async def _handle(self, message: ChatMessage, stop: asyncio.Event) -> bool:
+        """Relay and reply; False if stopped before the backend took it (stays unhandled)."""
         inbound = InboundMessage(
             connection=self.settings.connection, platform=PLATFORM, chat_id=message.chat_id,
             sender_id=message.sender_id, sender_name="", text=message.text,
@@ -550,7 +590,7 @@ class QQBotAdapter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 if stop.is_set():
-                    return
+                    return False
         if failures:
             log.info("backend accepted the held message after %d retries", failures)
             if self.link_up:
@@ -558,6 +598,7 @@ class QQBotAdapter:
         metrics.MESSAGES_IN.labels(platform=PLATFORM).inc()
         if reply:
             await self._reply(message, reply)
+        return True
 
     async def _reply(self, message: ChatMessage, text: str) -> None:
         assert self._http is not None and self._tokens is not None
@@ -599,6 +640,58 @@ class QQBotAdapter:
                 await asyncio.sleep(delays[min(attempt, len(delays)) - 1])
         log.error("QQ Bot reply to %s dropped after %d tries", message.message_id, attempts)
 
+    # ------------------------------------------------------- session across restarts
+
+    async def _restore_session(self) -> None:
+        """Take over the session a previous process stored in status.qqSession, if any."""
+        if self._store is None:
+            return
+        try:
+            found = await self._store.restore((SESSION_FIELD,), RESTORE_TIMEOUT)
+        except Exception as exc:  # never fatal: a new session is the fallback
+            log.warning("QQ Bot stored session unreadable: %s", _describe(exc))
+            return
+        stored = found.get(SESSION_FIELD)
+        if stored is None:
+            return
+        session_id = stored.get("sessionId") if isinstance(stored, dict) else None
+        seq = stored.get("seq") if isinstance(stored, dict) else None
+        app_id = stored.get("appId") if isinstance(stored, dict) else None
+        if (not isinstance(session_id, str) or not session_id
+                or isinstance(seq, bool) or not isinstance(seq, int) or seq < 0
+                or (app_id is not None and app_id != self.settings.app_id)):
+            log.info("QQ Bot stored session unusable (other app or malformed): identifying")
+            self._store.set_field(SESSION_FIELD, None)
+            return
+        self.session_id, self.seq, self._restored = session_id, seq, True
+        self._persisted = (session_id, seq)
+        log.info("QQ Bot resuming stored session %s from seq %d", session_id, seq)
+
+    def _handled_seq(self) -> int | None:
+        """The seq up to which every dispatch of the current session was handled."""
+        for item in self._unhandled:  # older sessions' items come first
+            if item.session_id == self.session_id and item.seq is not None:
+                return item.seq - 1
+        return self.seq
+
+    def _persist(self) -> None:
+        if self._store is None or self.session_id is None:
+            return
+        seq = self._handled_seq()
+        if seq is None or seq < 0 or len(self.session_id) > _MAX_SESSION_ID:
+            return
+        key = (self.session_id, min(seq, _MAX_SEQ))
+        if key == self._persisted or (self._persisted is not None
+                                      and self._persisted[0] == key[0]
+                                      and key[1] < self._persisted[1]):
+            return  # unchanged, or behind what is stored (a replay of handled dispatches)
+        self._persisted = key
+        value: dict[str, Any] = {"sessionId": key[0], "seq": key[1],
+                                 "updatedAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if len(self.settings.app_id) <= _MAX_APP_ID:  # a value the CRD rejects fails the write
+            value["appId"] = self.settings.app_id
+        self._store.set_field(SESSION_FIELD, value)
+
     # -------------------------------------------------------------------- status
 
     def _report_later(self, state: State, **kwargs: Any) -> asyncio.Task[None]:
@@ -623,6 +716,15 @@ class QQBotAdapter:
 
 class _ProtocolError(Exception):
     pass
+
+
+@dataclass(eq=False)
+class _Item:
+    """A message in the inbox, with the dispatch (session, seq) that brought it."""
+
+    message: ChatMessage
+    session_id: str | None
+    seq: int | None
 
 
 def _decode(raw: str | bytes) -> dict[str, Any]:

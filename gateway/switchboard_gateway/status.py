@@ -13,6 +13,14 @@ for the previous write's second to pass.
 ``report()`` returns once the write carrying its state landed, or after ``report_timeout`` (2 s):
 a `retrying` report lands before the adapter's back-off sleep, and an API server that is
 away slows the adapter by two seconds at most while the writer keeps retrying in the background.
+
+Auxiliary gateway-owned fields (``qqSession``: the QQ Bot session to resume after a restart) are
+set with :meth:`StatusReporter.set_field` and ride along in *every* apply (one left out would be
+removed by server-side apply). A change of only such fields is lazy: it is written when the
+bucket is full again (about one write a second under a steady stream of changes, never more than
+the budget), so a state change arriving meanwhile still finds a token and goes out at once.
+:meth:`StatusReporter.restore` reads the values a previous process left, before the first write,
+so that write does not remove them. The final write on close carries the latest values.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ VERSION = "v1alpha1"
 PLURAL = "platformconnections"
 FIELD_MANAGER = "switchboard-gateway"
 MAX_MESSAGE = 4096  # the CRD's maxLength of lastError.message
+# Auxiliary gateway-owned fields a new process carries over from the previous one.
+CARRIED_FIELDS = ("qqSession",)
 
 
 class StatusWriter(Protocol):
@@ -151,8 +161,10 @@ class StatusReporter:
         self.error: AdapterError | None = None
         self._key: tuple[Any, ...] | None = None
         self._since = ""
-        self._status: dict[str, Any] | None = None
+        self._status: dict[str, Any] | None = None  # the state fields (build_status)
+        self._fields: dict[str, Any] = {}  # auxiliary gateway-owned fields (set_field)
         self._seq = 0  # version of the desired status
+        self._urgent_seq = 0  # version of the last state change (not lazy)
         self._written_seq = 0  # version that reached the API server
         self._tokens = float(burst)  # write budget, refilled at 1 per min_interval
         self._refilled = -math.inf
@@ -201,9 +213,62 @@ class StatusReporter:
         self._status = build_status(state, attempt=attempt, max_attempts=max_attempts,
                                     error=error, state_since=self._since, pod=self.pod_name)
         self._seq += 1
+        self._urgent_seq = self._seq
         metrics.set_state(self.platform, state)
         self._wake.set()
         return self._seq
+
+    def set_field(self, name: str, value: Any) -> int:
+        """Set (``None``: remove) an auxiliary gateway-owned status field. Included in every
+        later write; the change itself is written lazily, within the write budget. Returns the
+        version to wait for."""
+        if name in _STATE_FIELDS:
+            raise ValueError(f"{name} is a state field: use record()")
+        if self._fields.get(name) == value:
+            return self._seq
+        if value is None:
+            self._fields.pop(name, None)
+        else:
+            self._fields[name] = value
+        if self._status is not None:  # before the first state there is nothing to write yet
+            self._seq += 1
+            self._wake.set()
+        return self._seq
+
+    def field(self, name: str) -> Any:
+        return self._fields.get(name)
+
+    async def restore(self, names: tuple[str, ...] = CARRIED_FIELDS,
+                      timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109
+        """Read the auxiliary fields a previous process wrote and keep them in every write from
+        now on (unless already set here). Call before the first report. Returns the values found
+        ({} when the read did not succeed within ``timeout``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
+                    obj = await self._writer.read()
+                break
+            except Exception as exc:
+                if loop.time() + 0.5 >= deadline:
+                    log.warning("could not read the previous status (%s): starting without it",
+                                describe_api_error(exc))
+                    return {}
+                await asyncio.sleep(0.5)
+        status = obj.get("status") or {}
+        found: dict[str, Any] = {}
+        for name in names:
+            value = status.get(name)
+            if value is not None:
+                found[name] = value
+                if name not in self._fields:
+                    self._fields[name] = value
+        return found
+
+    def _compose(self) -> dict[str, Any]:
+        assert self._status is not None
+        return {**self._status, **self._fields}
 
     async def wait_written(self, seq: int, timeout: float) -> bool:  # noqa: ASYNC109
         loop = asyncio.get_running_loop()
@@ -223,21 +288,31 @@ class StatusReporter:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         failures = 0
+        retry_at = -math.inf  # after a failed write: not before this (back-off)
         while True:
             if self._written_seq >= self._seq:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             # Coalescing: whatever arrives while we wait for budget rides along in one write.
-            self._refill(loop.time())
-            pause = (1.0 - self._tokens) * self.min_interval if self._tokens < 1.0 else 0.0
-            if failures:
-                pause = max(pause, min(0.5 * 2 ** (failures - 1), self.max_backoff))
+            now = loop.time()
+            self._refill(now)
+            urgent = self._urgent_seq > self._written_seq
+            # Lazy changes (auxiliary fields only) wait for a full bucket, so a state change
+            # right after them still finds a token.
+            need = 1.0 if urgent else float(self.burst)
+            pause = (need - self._tokens) * self.min_interval if self._tokens < need else 0.0
+            pause = max(pause, retry_at - now)
             if pause > 0:
+                if not urgent:
+                    # Another change (a state change above all) ends the wait: look again.
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), pause)
+                    continue
                 await asyncio.sleep(pause)
                 self._refill(loop.time())
-            seq, status = self._seq, self._status
-            assert status is not None
+            seq, status = self._seq, self._compose()
             self._tokens = max(self._tokens - 1.0, 0.0)  # failed attempts count, too
             # Shielded: close() cancels this loop but lets a write already on the wire finish,
             # so it cannot land after (and overwrite) the final state.
@@ -252,6 +327,7 @@ class StatusReporter:
                 metrics.STATUS_WRITES.labels(result="error").inc()
                 log.warning("status write failed (attempt %d): %s", failures,
                             describe_api_error(exc))
+                retry_at = loop.time() + min(0.5 * 2 ** (failures - 1), self.max_backoff)
                 continue
             failures = 0
             self.writes_ok += 1
@@ -293,7 +369,7 @@ class StatusReporter:
             self.record(final, max_attempts=self._key[2] if self._key else 0)
         if self._written_seq >= self._seq or self._status is None:
             return True
-        status = self._status
+        status = self._compose()
         while loop.time() < deadline:
             try:
                 async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
@@ -323,3 +399,7 @@ class StatusReporter:
 
 class _NotOurs(Exception):
     pass
+
+
+_STATE_FIELDS = frozenset({"state", "attempt", "maxAttempts", "attempts", "lastError",
+                           "stateSince", "gatewayPod"})

@@ -251,6 +251,61 @@ async def test_close_keeps_fatal_and_does_not_clobber_another_pod() -> None:
     assert writer.obj["status"]["gatewayPod"] == "gw-1"
 
 
+async def test_field_changes_ride_the_budget_and_leave_a_token_for_a_state_change() -> None:
+    writer = FakeWriter()
+    reporter = StatusReporter(writer, platform="qqbot", min_interval=0.5)
+    await reporter.start()
+    reporter.set_field("qqSession", {"sessionId": "s", "seq": 0})  # before any state: held
+    await reporter.report(State.CONNECTED, max_attempts=5)
+    assert writer.writes[-1][1]["qqSession"] == {"sessionId": "s", "seq": 0}
+    started = time.monotonic()
+    for seq in range(1, 51):  # a busy link: 50 handled dispatches in ~1 s
+        reporter.set_field("qqSession", {"sessionId": "s", "seq": seq})
+        await asyncio.sleep(0.02)
+    elapsed = time.monotonic() - started
+    lazy = len(writer.writes) - 1
+    assert 1 <= lazy <= elapsed / 0.5 + 1  # within the budget, never one per change
+    # The bucket was never emptied by them: a state change still goes out at once.
+    t0 = time.monotonic()
+    await reporter.report(State.RETRYING, attempt=1, max_attempts=5, error=ERROR)
+    assert time.monotonic() - t0 < 0.2
+    last = writer.writes[-1][1]
+    assert last["state"] == "retrying" and last["qqSession"]["seq"] == 50  # rides along
+    times = [at for at, _ in writer.writes]
+    for i in range(len(times) - 3):  # never faster than the budget (burst 2)
+        assert times[i + 3] - times[i] >= 0.45
+    reporter.set_field("qqSession", {"sessionId": "s", "seq": 51})
+    assert await reporter.close()  # the final write carries the latest value
+    assert writer.writes[-1][1]["state"] == "disconnected"
+    assert writer.writes[-1][1]["qqSession"]["seq"] == 51
+    with pytest.raises(ValueError):
+        reporter.set_field("state", "connected")
+
+
+async def test_restore_keeps_the_previous_process_fields_in_every_write() -> None:
+    writer = FakeWriter()
+    writer.obj["status"] = {"state": "connected", "gatewayPod": "gw-0",
+                            "qqSession": {"sessionId": "s", "seq": 9}}
+    reporter = StatusReporter(writer, platform="qqbot", pod_name="gw-1", min_interval=0.1)
+    await reporter.start()
+    assert await reporter.restore() == {"qqSession": {"sessionId": "s", "seq": 9}}
+    await reporter.report(State.CONNECTING)
+    assert writer.writes[-1][1]["qqSession"] == {"sessionId": "s", "seq": 9}
+    reporter.set_field("qqSession", None)
+    assert await reporter.wait_written(reporter._seq, 2.0)
+    assert "qqSession" not in writer.writes[-1][1]  # removed (SSA drops what is left out)
+    await reporter.close(None)
+
+    class Away(FakeWriter):
+        async def read(self) -> dict[str, Any]:
+            raise ConnectionError("API server away")
+
+    reporter = StatusReporter(Away(), platform="qqbot")
+    t0 = time.monotonic()
+    assert await reporter.restore(timeout=0.6) == {}
+    assert time.monotonic() - t0 < 1.5
+
+
 # ------------------------------------------------------------------------------ relay
 
 MESSAGE = InboundMessage("ns/bot", "telegram", "42", "7", "Ann Example", "hi", "3",

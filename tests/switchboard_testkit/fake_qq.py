@@ -146,6 +146,8 @@ class FakeQQ(FakeServer[SentMessage]):
         self._reply_keys: set[tuple[str, str, str, int]] = set()
         self.identify_count = 0
         self.resume_count = 0
+        # (session_id, seq) of every Resume received, accepted or not (never the token).
+        self.resume_requests: list[tuple[Any, Any]] = []
         self.current_session_id: str | None = None
 
     @property
@@ -169,6 +171,11 @@ class FakeQQ(FakeServer[SentMessage]):
     @property
     def heartbeat_count(self) -> int:
         return self.calls["heartbeat"]
+
+    def session_seq(self, session_id: str | None = None) -> int:
+        """The seq of the last dispatch of ``session_id`` (default: the current session)."""
+        wanted = session_id or self.current_session_id
+        return next((s.seq for s in self._sessions if s.id == wanted), 0)
 
     @property
     def access_token(self) -> str | None:
@@ -611,6 +618,7 @@ class FakeQQ(FakeServer[SentMessage]):
         if not isinstance(d, dict):
             self._close(conn, 4002, "invalid payload")
             return
+        self.resume_requests.append((d.get("session_id"), d.get("seq")))
         if not self._qqbot_token_valid(d.get("token")):
             self._close(conn, 4004, "invalid token")
             return
