@@ -38,8 +38,11 @@ ANN_APPLIED_HASH = "switchboard.dev/applied-hash"
 RESERVED_ENV_PREFIX = "SWITCHBOARD_"
 
 
+CHILD_SUFFIX = "-gateway"
+
+
 def child_name(connection: str) -> str:
-    return f"{connection}-gateway"
+    return f"{connection}{CHILD_SUFFIX}"
 
 
 def labels(connection: str) -> dict[str, str]:
@@ -221,6 +224,44 @@ def deployment(body: Mapping[str, Any], ref: SecretRef | None, *, replicas: int,
             },
         },
     }
+
+
+# The children besides the Deployment. The Deployment is checked by its applied-hash
+# annotation; these three by their content (view() below), because a person may delete or edit
+# them by hand and nothing else would notice (a missing ServiceAccount only shows when the next
+# pod fails to start; a widened Role never shows).
+AUX_KINDS = ("ServiceAccount", "Role", "RoleBinding")
+_LABEL_KEYS = tuple(labels("x"))
+
+
+def view(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a ServiceAccount, Role or RoleBinding the operator owns, in a canonical form.
+
+    Equal for the manifest built here and the live object applied from it (the apiserver adds
+    no defaults to these fields), different when someone deleted one of our labels, our owner
+    reference, or changed the rules, roleRef or subjects. Labels and owner references that
+    others add are ignored (server-side apply keeps them anyway).
+    """
+    meta = obj.get("metadata") or {}
+    own_labels = meta.get("labels") or {}
+    out: dict[str, Any] = {
+        "labels": {k: own_labels[k] for k in _LABEL_KEYS if k in own_labels},
+        "owners": [{k: ref.get(k) for k in ("apiVersion", "kind", "name", "uid", "controller")}
+                   for ref in meta.get("ownerReferences") or [] if ref.get("kind") == KIND],
+    }
+    if kind == "Role":
+        out["rules"] = [{k: v for k, v in rule.items() if v}
+                        for rule in obj.get("rules") or []]
+    elif kind == "RoleBinding":
+        out["roleRef"] = obj.get("roleRef")
+        out["subjects"] = [{k: v for k, v in subject.items() if v}
+                           for subject in obj.get("subjects") or []]
+    return out
+
+
+def view_hash(kind: str, obj: Mapping[str, Any]) -> str:
+    """A short digest of view(): what the operator keeps in memory per child."""
+    return _hash(view(kind, obj))
 
 
 def build(body: Mapping[str, Any], ref: SecretRef | None, *, replicas: int,

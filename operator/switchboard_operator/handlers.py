@@ -121,6 +121,51 @@ async def deployment_event(event: dict[str, Any], **_: Any) -> None:
     CONTROLLER.observe_deployment(event["type"], event["object"])
 
 
+# The other children: a ServiceAccount, Role or RoleBinding deleted or edited by hand is
+# re-applied at once (watch events only; an idle connection still costs no request). Matched
+# by owner, label or name rather than by our labels, so that removing a label by hand is seen
+# too (kopf filters labels client-side: the watch and its cost are the same).
+
+def _child(name: str, namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> bool:
+    if children.LABEL_CONNECTION in labels:
+        return True
+    if any(ref.get("kind") == children.KIND and ref.get("apiVersion") == children.API_VERSION
+           for ref in body.get("metadata", {}).get("ownerReferences") or []):
+        return True
+    return (name or "").endswith(children.CHILD_SUFFIX) and \
+        (namespace, name.removesuffix(children.CHILD_SUFFIX)) in CONTROLLER.connections
+
+
+@kopf.index("", "v1", "serviceaccounts", when=_child)
+async def serviceaccount_index(body: kopf.Body, **_: Any) -> None:
+    CONTROLLER.observe_child("ServiceAccount", "MODIFIED", dict(body))
+
+
+@kopf.on.event("", "v1", "serviceaccounts", when=_child)
+async def serviceaccount_event(event: dict[str, Any], **_: Any) -> None:
+    CONTROLLER.observe_child("ServiceAccount", event["type"], event["object"])
+
+
+@kopf.index("rbac.authorization.k8s.io", "v1", "roles", when=_child)
+async def role_index(body: kopf.Body, **_: Any) -> None:
+    CONTROLLER.observe_child("Role", "MODIFIED", dict(body))
+
+
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", when=_child)
+async def role_event(event: dict[str, Any], **_: Any) -> None:
+    CONTROLLER.observe_child("Role", event["type"], event["object"])
+
+
+@kopf.index("rbac.authorization.k8s.io", "v1", "rolebindings", when=_child)
+async def rolebinding_index(body: kopf.Body, **_: Any) -> None:
+    CONTROLLER.observe_child("RoleBinding", "MODIFIED", dict(body))
+
+
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", when=_child)
+async def rolebinding_event(event: dict[str, Any], **_: Any) -> None:
+    CONTROLLER.observe_child("RoleBinding", event["type"], event["object"])
+
+
 @kopf.index("", "v1", "secrets")
 async def secret_index(body: kopf.Body, **_: Any) -> None:
     CONTROLLER.observe_secret("MODIFIED", dict(body))

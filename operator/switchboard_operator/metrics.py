@@ -35,6 +35,8 @@ API_REQUESTS = Counter("switchboard_operator_api_requests",
 
 CIRCUIT_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 STATES = ("none", "connecting", "connected", "retrying", "fatal", "disconnected")
+for _state in STATES:
+    CONNECTIONS.labels(_state)  # exported (as 0) before the first connection is seen
 
 
 def set_connection_states(states: Mapping[tuple[str, str], str | None]) -> None:
@@ -45,6 +47,22 @@ def set_connection_states(states: Mapping[tuple[str, str], str | None]) -> None:
         for state in STATES:
             CONNECTION_STATE.labels(namespace, name, state).set(
                 1 if (current or "none") == state else 0)
+
+
+def connection_state_changed(key: tuple[str, str], old: str | None, new: str | None, *,
+                             known: bool) -> None:
+    """One connection's state changed (``known``: it had one before, ``old``). O(1), unlike
+    set_connection_states, which a burst of reports over many connections made quadratic."""
+    if known:
+        CONNECTIONS.labels(old or "none").dec()
+    CONNECTIONS.labels(new or "none").inc()
+    for state in STATES:
+        CONNECTION_STATE.labels(*key, state).set(1 if (new or "none") == state else 0)
+
+
+def connection_removed(key: tuple[str, str], old: str | None) -> None:
+    CONNECTIONS.labels(old or "none").dec()
+    forget_connection(*key)
 
 
 def forget_connection(namespace: str, name: str) -> None:

@@ -11,6 +11,7 @@ by SSA only when it changed. An idle connection therefore costs no API request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 # (more concurrent TLS connections and apiserver contention on a small control plane).
 MAX_CONCURRENT = 16
 ERROR_BACKOFF = (1, 2, 5, 10, 30, 60)
+# Longest a reconcile waits for due restarts' pod deletions in flight to finish (seconds).
+DELETIONS_FIRST = 2.0
 
 
 def _rv(obj: Mapping[str, Any]) -> int:
@@ -66,18 +69,33 @@ class Controller:
         self.kube: Kube | None = None
         self.connections: dict[Key, dict[str, Any]] = {}
         self.deployments: dict[Key, dict[str, Any]] = {}
+        # key -> kind -> (resourceVersion, children.view_hash) of the live ServiceAccount, Role
+        # and RoleBinding.
+        self.aux: dict[Key, dict[str, tuple[int, str]]] = {}
         self.secrets = sec.SecretCache()
         self.states: dict[Key, str | None] = {}
-        self.timers = Timers(self.poke)
+        self.timers = Timers(self._wake)
         self.leading = False
         self._running: set[Key] = set()
         self._dirty: set[Key] = set()
         self._errors: dict[Key, int] = {}
         self._retry: dict[Key, asyncio.TimerHandle] = {}
         self._sem: asyncio.Semaphore | None = None
+        # Pod deletions of due restarts in flight. Reconciles (status writes, applies, Events)
+        # wait until there are none: in a burst of restarts due in the same second, every
+        # deletion goes first, instead of sharing the connections and the apiserver with the
+        # follow-up writes of the restarts done a moment earlier.
+        self._deleting = 0
+        self._deletions_done: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        # key -> ((resourceVersion, secret hash, replicas), applied hash) of the last build.
-        self._built: dict[Key, tuple[tuple[Any, str, int], str]] = {}
+        # key -> (due time, the pod deletion of that restart): executed at most once per due
+        # time, by whichever of the timer's fast path and the reconcile gets there first; kept
+        # until the status recording it (restarts, lastRestartTime) is written.
+        self._restarts: dict[Key, tuple[datetime, asyncio.Task[tuple[datetime, list[str]]]]] \
+            = {}
+        # key -> ((resourceVersion, secret hash, replicas), applied hash, view hashes of the
+        # ServiceAccount, Role and RoleBinding) of the last build.
+        self._built: dict[Key, tuple[tuple[Any, str, int], str, dict[str, str]]] = {}
 
     # -- feeding from the watches ------------------------------------------------------------
 
@@ -87,11 +105,14 @@ class Controller:
         if kind == "DELETED":
             self.connections.pop(key, None)
             self._built.pop(key, None)
+            self.aux.pop(key, None)
             self.secrets.unrefer(key)
-            self.states.pop(key, None)
+            if key in self.states:
+                metrics.connection_removed(key, self.states.pop(key))
+            else:
+                metrics.forget_connection(*key)
+            self._restarts.pop(key, None)
             self.timers.cancel(key)
-            metrics.forget_connection(*key)
-            self._update_state_gauge()
             return
         old = self.connections.get(key)
         if old is not None and old["metadata"].get("uid") == meta.get("uid") \
@@ -99,9 +120,10 @@ class Controller:
             return  # older than what our own write returned
         self.connections[key] = dict(obj)
         state = (obj.get("status") or {}).get("state")
-        if self.states.get(key, "-") != state:
+        if key not in self.states or self.states[key] != state:
+            metrics.connection_state_changed(key, self.states.get(key), state,
+                                             known=key in self.states)
             self.states[key] = state
-            self._update_state_gauge()
         self.poke(key)
 
     def observe_deployment(self, kind: str | None, obj: Mapping[str, Any]) -> None:
@@ -122,6 +144,39 @@ class Controller:
         if old is None or _without_rv(old) != _without_rv(summary):
             self.poke(key)
 
+    def observe_child(self, kind: str, event: str | None, obj: Mapping[str, Any]) -> None:
+        """A ServiceAccount, Role or RoleBinding of a gateway was listed, changed or deleted.
+
+        Only a deletion or a change of what the operator owns (children.view) pokes the
+        connection, so our own applies (observed from their results first) and unrelated
+        updates cost nothing.
+        """
+        meta = obj["metadata"]
+        name = meta.get("name") or ""
+        if not name.endswith(children.CHILD_SUFFIX):
+            return
+        # Identified by name: it is the object the operator applies for that connection,
+        # whatever labels or owners someone left on it.
+        key = (meta["namespace"], name.removesuffix(children.CHILD_SUFFIX))
+        seen = self.aux.setdefault(key, {})
+        old = seen.get(kind)
+        if event == "DELETED":
+            if old is not None and old[0] > _rv(obj):
+                return  # an older incarnation; ours (re-applied) is newer
+            seen.pop(kind, None)
+            if not seen:
+                self.aux.pop(key, None)
+            if key in self.connections:
+                log.info("%s/%s: %s %s deleted", *key, kind, meta["name"])
+                self.poke(key)
+            return
+        if old is not None and old[0] > _rv(obj):
+            return
+        current = children.view_hash(kind, obj)
+        seen[kind] = (_rv(obj), current)
+        if old is None or old[1] != current:
+            self.poke(key)
+
     def observe_secret(self, kind: str | None, obj: Mapping[str, Any]) -> None:
         meta = obj["metadata"]
         ns, name = meta["namespace"], meta["name"]
@@ -133,9 +188,6 @@ class Controller:
         if changed:
             for key in self.secrets.users(ns, name):
                 self.poke(key)
-
-    def _update_state_gauge(self) -> None:
-        metrics.set_connection_states(self.states)
 
     # -- leadership ----------------------------------------------------------------------------
 
@@ -163,10 +215,39 @@ class Controller:
         self._running.add(key)
         self._spawn(self._run(key))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _wake(self, key: Key) -> None:
+        """A connection's timer expired. A due restart is executed right here, not behind the
+        reconcile queue: with many restarts due in the same second, every pod deletion is sent
+        at once, and the reconciles (status writes, Events) follow."""
+        if not self.leading or self.kube is None:
+            return
+        body = self.connections.get(key)
+        if body is not None and not body["metadata"].get("deletionTimestamp"):
+            plan = self._decide(key, body, utcnow())[0]
+            if plan.restart_due is not None:
+                self._spawn(self._restart_then_reconcile(key, body, plan))
+                return
+        self.poke(key)
+
+    def _idle_deletions(self) -> asyncio.Event:
+        if self._deletions_done is None:
+            self._deletions_done = asyncio.Event()
+            self._deletions_done.set()
+        return self._deletions_done
+
+    async def _restart_then_reconcile(self, key: Key, body: Mapping[str, Any],
+                                      plan: Plan) -> None:
+        try:
+            await self._restart_once(key, body, plan)
+        except Exception as exc:  # the reconcile retries (and reports) it
+            log.info("restart of %s/%s from its timer failed: %s", *key, exc)
+        self.poke(key)
 
     async def _run(self, key: Key) -> None:
         if self._sem is None:
@@ -174,6 +255,10 @@ class Controller:
         try:
             while True:
                 self._dirty.discard(key)
+                if self._deleting:
+                    # A priority, not a lock: a hanging deletion holds nothing up for long.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._idle_deletions().wait(), DELETIONS_FIRST)
                 async with self._sem:
                     if not self.leading:
                         return
@@ -220,44 +305,50 @@ class Controller:
             self.timers.cancel(key)
             return
         assert self.kube is not None
-        now = utcnow()
-        spec = body.get("spec") or {}
         ns, name = key
-
-        ref = sec.reference(spec)
-        self.secrets.refer(key, ref)
-        cached = self.secrets.get(ns, ref.name) if ref else None
-        missing = sec.missing(ref, cached)
-        secret_hash = "" if missing else sec.referenced_hash(ref, cached)
-        applied_hash = f"{children.spec_hash(spec)}:{secret_hash}"
-        previous_hash = (body.get("status") or {}).get("appliedHash")
-        rolled = bool(previous_hash) and previous_hash != applied_hash
-
-        plan = decide(body, secret_missing=missing, rolled=rolled, now=now)
-        if plan.restart_due is not None:
-            # First, before any other work: a due restart is the time-critical part.
-            plan = await self._restart(body, plan)
+        plan, ref, missing, secret_hash, applied_hash = self._decide(key, body, utcnow())
+        restarted = plan.restart_due is not None
+        if restarted:
+            # First, before any other work: a due restart is the time-critical part (usually
+            # done already by the timer's fast path; then this only picks up its result).
+            plan = await self._restart(key, body, plan)
+        else:
+            # Nothing (or something else) is due now: a recorded deletion is stale.
+            self._restarts.pop(key, None)
 
         # Children before status: the status below describes what was applied. Building and
         # hashing the manifests is skipped when nothing they depend on changed.
+        # The ServiceAccount, Role and RoleBinding are compared by content with the live ones
+        # (watched): one deleted or edited by hand is re-applied alone.
         live = self.deployments.get(key)
         memo = (body["metadata"].get("resourceVersion"), secret_hash, plan.replicas)
         cached_want = self._built.get(key)
         if cached_want is not None and cached_want[0] == memo and live is not None \
                 and live["metadata"]["annotations"].get(children.ANN_APPLIED_HASH) \
-                == cached_want[1]:
+                == cached_want[1] and not self._aux_drift(key, cached_want[2]):
             pass
         else:
             objs = children.build(body, ref, replicas=plan.replicas, secret_hash=secret_hash)
             want = objs[-1]["metadata"]["annotations"][children.ANN_APPLIED_HASH]
+            views = {o["kind"]: children.view_hash(o["kind"], o) for o in objs[:-1]}
             if live is None \
                     or live["metadata"]["annotations"].get(children.ANN_APPLIED_HASH) != want:
-                for obj in objs:
-                    result = await self.kube.apply(obj)
-                self.observe_deployment("MODIFIED", result)
+                todo = objs
+            else:
+                drift = self._aux_drift(key, views)
+                todo = [o for o in objs[:-1] if o["kind"] in drift]
+            for obj in todo:
+                result = await self.kube.apply(obj)
+                if obj["kind"] == "Deployment":
+                    self.observe_deployment("MODIFIED", result)
+                else:
+                    self.observe_child(obj["kind"], "MODIFIED", result)
+            if todo:
                 live = self.deployments.get(key)
-                log.info("applied children of %s/%s (replicas %s)", ns, name, plan.replicas)
-            self._built[key] = (memo, want)
+                log.info("applied %s of %s/%s (replicas %s)",
+                         "children" if len(todo) == len(objs)
+                         else ", ".join(o["kind"] for o in todo), ns, name, plan.replicas)
+            self._built[key] = (memo, want, views)
 
         want_status = st.desired(body, plan, secret_missing=missing,
                                  rollout_in_progress=rollout_in_progress(live),
@@ -269,6 +360,8 @@ class Controller:
             body = self.connections.get(key, body)
             log.info("%s/%s: Ready=%s %s", ns, name, want_status.ready.status,
                      want_status.ready.reason)
+        if restarted:
+            self._restarts.pop(key, None)  # recorded in status (or nothing changed)
         for event in plan.events:
             # Best effort and off the reconcile's path: a burst of due restarts must not wait
             # for Events to be posted.
@@ -279,7 +372,43 @@ class Controller:
         wakes = [w for w in (*plan.wake, want_status.wake) if w is not None]
         self.timers.arm(key, min(wakes) if wakes else None)
 
-    async def _restart(self, body: Mapping[str, Any], plan: Plan) -> Plan:
+    def _aux_drift(self, key: Key, views: Mapping[str, str]) -> list[str]:
+        """Kinds among ServiceAccount, Role, RoleBinding that are missing or differ."""
+        seen = self.aux.get(key) or {}
+        return [kind for kind, want in views.items()
+                if kind not in seen or seen[kind][1] != want]
+
+    def _decide(self, key: Key, body: Mapping[str, Any], now: datetime
+                ) -> tuple[Plan, sec.SecretRef | None, str | None, str, str]:
+        """decide() on the cached state; also what the children and status need."""
+        ns = key[0]
+        spec = body.get("spec") or {}
+        ref = sec.reference(spec)
+        self.secrets.refer(key, ref)
+        cached = self.secrets.get(ns, ref.name) if ref else None
+        missing = sec.missing(ref, cached)
+        secret_hash = "" if missing else sec.referenced_hash(ref, cached)
+        applied_hash = f"{children.spec_hash(spec)}:{secret_hash}"
+        previous_hash = (body.get("status") or {}).get("appliedHash")
+        rolled = bool(previous_hash) and previous_hash != applied_hash
+        plan = decide(body, secret_missing=missing, rolled=rolled, now=now)
+        return plan, ref, missing, secret_hash, applied_hash
+
+    def _restart_once(self, key: Key, body: Mapping[str, Any],
+                      plan: Plan) -> asyncio.Task[tuple[datetime, list[str]]]:
+        """The pod deletion of the restart due at ``plan.restart_due``, started at most once
+        (the timer's fast path and a reconcile share it); a failed one may be tried again."""
+        assert plan.restart_due is not None
+        entry = self._restarts.get(key)
+        if entry is not None and entry[0] == plan.restart_due and not (
+                entry[1].done() and (entry[1].cancelled() or entry[1].exception())):
+            return entry[1]
+        task = self._spawn(self._delete_gateway(body, plan))
+        self._restarts[key] = (plan.restart_due, task)
+        return task
+
+    async def _delete_gateway(self, body: Mapping[str, Any],
+                              plan: Plan) -> tuple[datetime, list[str]]:
         """Delete the gateway pod(s); the Deployment creates a fresh one."""
         assert self.kube is not None and plan.restart_due is not None
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
@@ -288,9 +417,17 @@ class Controller:
         # name, or if that pod is gone already, whatever gateway pod runs.
         selector = children.pod_selector(name)
         pod = (body.get("status") or {}).get("gatewayPod")
-        deleted = await self.kube.delete_pods(ns, selector, pod) if pod else []
-        if not deleted:
-            deleted = await self.kube.delete_pods(ns, selector)
+        done = self._idle_deletions()
+        self._deleting += 1
+        done.clear()
+        try:
+            deleted = await self.kube.delete_pods(ns, selector, pod) if pod else []
+            if not deleted:
+                deleted = await self.kube.delete_pods(ns, selector)
+        finally:
+            self._deleting -= 1
+            if not self._deleting:
+                done.set()
         now = utcnow()
         lateness = (now - due).total_seconds()
         metrics.RESTART_DELAY.observe(max(0.0, lateness))
@@ -299,6 +436,11 @@ class Controller:
             metrics.RESTART_BACKOFF.observe(plan.backoff_seconds)
         log.info("%s/%s: restarted gateway (deleted %s) %.3fs after due time %s", ns, name,
                  ", ".join(deleted) or "no pods", lateness, format_time(due))
+        return now, deleted
+
+    async def _restart(self, key: Key, body: Mapping[str, Any], plan: Plan) -> Plan:
+        """The plan once its due restart is executed (or found executed)."""
+        now, _ = await self._restart_once(key, body, plan)
         new = after_restart(plan, now)
         new.events = [*plan.events, Event(
             "Normal", "GatewayRestarted",

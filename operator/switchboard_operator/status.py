@@ -2,7 +2,8 @@
 
 Written with server-side apply on the status subresource, field manager switchboard-operator:
 the apply always carries every operator-owned field (a field left out is removed), and never a
-gateway-owned one (state, attempt, maxAttempts, attempts, lastError, stateSince, gatewayPod),
+gateway-owned one (state, attempt, maxAttempts, attempts, lastError, stateSince, gatewayPod,
+qqSession),
 so the two writers never overwrite each other. Nothing is written when the computed fields
 equal what is stored: an idle connection costs no API requests.
 """
@@ -19,7 +20,7 @@ from switchboard_operator.circuit import Circuit, parse_time
 from switchboard_operator.decide import Plan
 
 GATEWAY_FIELDS = ("state", "attempt", "maxAttempts", "attempts", "lastError", "stateSince",
-                  "gatewayPod")
+                  "gatewayPod", "qqSession")
 OPERATOR_FIELDS = ("conditions", "observedGeneration", "restarts", "consecutiveFailures",
                    "nextRestartTime", "lastRestartTime", "lastHandledFailure", "appliedHash",
                    "circuit", "needsAttention")

@@ -134,3 +134,71 @@ def test_deleting_the_connection_removes_all_children(kit: Kit, operator: Operat
         return True
 
     wait_for(all_gone, 60, "the garbage collector to remove every child")
+
+
+def _apply_count(op: Operator) -> float:
+    return sum(v for k, v in op.metrics().items()
+               if k.startswith("switchboard_operator_api_requests_total")
+               and 'component="operator"' in k and 'verb="PATCH"' in k)
+
+
+def test_children_deleted_or_edited_by_hand_come_back(kit: Kit, operator: Operator) -> None:
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn("heal"))
+    wait_for(lambda: kit.status("heal").get("observedGeneration") == 1, 30, "reconciled")
+    reads = {
+        "ServiceAccount": lambda: kit.core.read_namespaced_service_account("heal-gateway",
+                                                                           kit.ns),
+        "Role": lambda: kit.rbac.read_namespaced_role("heal-gateway", kit.ns),
+        "RoleBinding": lambda: kit.rbac.read_namespaced_role_binding("heal-gateway", kit.ns),
+        "Deployment": lambda: kit.deployment("heal"),
+    }
+    deletes = {
+        "ServiceAccount": lambda: kit.core.delete_namespaced_service_account("heal-gateway",
+                                                                             kit.ns),
+        "Role": lambda: kit.rbac.delete_namespaced_role("heal-gateway", kit.ns),
+        "RoleBinding": lambda: kit.rbac.delete_namespaced_role_binding("heal-gateway", kit.ns),
+        "Deployment": lambda: kit.apps.delete_namespaced_deployment("heal-gateway", kit.ns),
+    }
+
+    def recreated(kind: str, old_uid: str) -> Any:
+        try:
+            obj = reads[kind]()
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return obj if obj.metadata.uid != old_uid else None
+
+    for kind in ("ServiceAccount", "Role", "RoleBinding", "Deployment"):
+        old = reads[kind]()
+        deletes[kind]()
+        new = wait_for(lambda k=kind, u=old.metadata.uid: recreated(k, u), 5,
+                       f"the {kind} to be recreated")
+        (ref,) = new.metadata.owner_references
+        assert ref.kind == "PlatformConnection" and ref.name == "heal"
+
+    # Drift: a Role widened by hand is put back (rules are one atomic list for apply).
+    kit.rbac.patch_namespaced_role("heal-gateway", kit.ns, [
+        {"op": "add", "path": "/rules/-",
+         "value": {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}}])
+    wait_for(lambda: not any("secrets" in r.resources
+                             for r in kit.rbac.read_namespaced_role("heal-gateway", kit.ns).rules),
+             5, "the Role's rules to be restored")
+    # Our label removed from the RoleBinding (it drops out of the watch): put back.
+    kit.rbac.patch_namespaced_role_binding("heal-gateway", kit.ns, [
+        {"op": "remove", "path": "/metadata/labels/app.kubernetes.io~1managed-by"}])
+    wait_for(lambda: (kit.rbac.read_namespaced_role_binding("heal-gateway", kit.ns)
+                      .metadata.labels.get("app.kubernetes.io/managed-by")
+                      == "switchboard-operator"), 5, "the RoleBinding's label to be restored")
+
+    # Settled, nothing more is applied: changes that are not ours cost no request.
+    before = wait_for(lambda: ((n := _apply_count(operator)) == _apply_count(operator) and n)
+                      or None, 10, "settling")
+    kit.core.patch_namespaced_service_account("heal-gateway", kit.ns, {
+        "metadata": {"labels": {"someone-else": "x"}, "annotations": {"note": "hi"}}})
+    try:
+        wait_for(lambda: _apply_count(operator) != before, 3, "any apply")
+    except TimeoutError:
+        pass
+    assert _apply_count(operator) == before

@@ -22,3 +22,20 @@ def test_connection_state_is_one_hot_per_connection_and_forgotten_on_delete() ->
     assert _value("ns", "a", "retrying") == 0 and _value("ns", "a", "connected") == 1
     metrics.forget_connection("ns", "a")
     assert _value("ns", "a", "connected") is None
+
+
+def test_incremental_state_updates_keep_counts_and_one_hot() -> None:
+    def count(state: str) -> float | None:
+        return REGISTRY.get_sample_value("switchboard_connections", {"state": state})
+
+    base = {s: count(s) or 0 for s in metrics.STATES}
+    metrics.connection_state_changed(("inc", "a"), None, None, known=False)
+    metrics.connection_state_changed(("inc", "b"), None, "retrying", known=False)
+    assert count("none") == base["none"] + 1 and count("retrying") == base["retrying"] + 1
+    metrics.connection_state_changed(("inc", "a"), None, "connected", known=True)
+    assert count("none") == base["none"] and count("connected") == base["connected"] + 1
+    assert _value("inc", "a", "connected") == 1 and _value("inc", "a", "none") == 0
+    metrics.connection_removed(("inc", "a"), "connected")
+    metrics.connection_removed(("inc", "b"), "retrying")
+    assert {s: count(s) for s in metrics.STATES} == base
+    assert _value("inc", "a", "connected") is None
