@@ -2,8 +2,9 @@
 
 Written with server-side apply on the status subresource, field manager switchboard-operator:
 the apply always carries every operator-owned field (a field left out is removed), and never a
-gateway-owned one (GATEWAY_FIELDS below), so the two writers never overwrite each other. Nothing is written when the computed fields
-equal what is stored: an idle connection costs no API requests.
+gateway-owned one (GATEWAY_FIELDS below), so the two writers never overwrite each other.
+Nothing is written when the computed fields equal what is stored: an idle connection costs no
+API requests.
 """
 
 from __future__ import annotations
