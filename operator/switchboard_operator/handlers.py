@@ -136,34 +136,22 @@ def _child(name: str, namespace: str, labels: kopf.Labels, body: kopf.Body, **_:
         (namespace, name.removesuffix(children.CHILD_SUFFIX)) in CONTROLLER.connections
 
 
-@kopf.index("", "v1", "serviceaccounts", when=_child)
-async def serviceaccount_index(body: kopf.Body, **_: Any) -> None:
-    CONTROLLER.observe_child("ServiceAccount", "MODIFIED", dict(body))
+def _watch_child(kind: str, group: str, plural: str) -> None:
+    """An index (filled before the first reconcile) plus raw events for one child kind."""
+
+    @kopf.index(group, "v1", plural, when=_child, id=f"{plural}_index")
+    async def index(body: kopf.Body, **_: Any) -> None:
+        CONTROLLER.observe_child(kind, "MODIFIED", dict(body))
+
+    @kopf.on.event(group, "v1", plural, when=_child, id=f"{plural}_event")
+    async def event(event: dict[str, Any], **_: Any) -> None:
+        CONTROLLER.observe_child(kind, event["type"], event["object"])
 
 
-@kopf.on.event("", "v1", "serviceaccounts", when=_child)
-async def serviceaccount_event(event: dict[str, Any], **_: Any) -> None:
-    CONTROLLER.observe_child("ServiceAccount", event["type"], event["object"])
-
-
-@kopf.index("rbac.authorization.k8s.io", "v1", "roles", when=_child)
-async def role_index(body: kopf.Body, **_: Any) -> None:
-    CONTROLLER.observe_child("Role", "MODIFIED", dict(body))
-
-
-@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", when=_child)
-async def role_event(event: dict[str, Any], **_: Any) -> None:
-    CONTROLLER.observe_child("Role", event["type"], event["object"])
-
-
-@kopf.index("rbac.authorization.k8s.io", "v1", "rolebindings", when=_child)
-async def rolebinding_index(body: kopf.Body, **_: Any) -> None:
-    CONTROLLER.observe_child("RoleBinding", "MODIFIED", dict(body))
-
-
-@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", when=_child)
-async def rolebinding_event(event: dict[str, Any], **_: Any) -> None:
-    CONTROLLER.observe_child("RoleBinding", event["type"], event["object"])
+for _kind, _group, _plural in (("ServiceAccount", "", "serviceaccounts"),
+                               ("Role", "rbac.authorization.k8s.io", "roles"),
+                               ("RoleBinding", "rbac.authorization.k8s.io", "rolebindings")):
+    _watch_child(_kind, _group, _plural)
 
 
 @kopf.index("", "v1", "secrets")
