@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client
+from kubernetes import client, watch
 
 from switchboard_testkit.cluster import Cluster
 from switchboard_testkit.controlplane import pid_alive, wait_for
@@ -254,69 +255,61 @@ def monotonic() -> float:
     return time.monotonic()
 
 
-class PodWatch:
-    """Records when each gateway pod of a namespace started terminating or disappeared
-    (wall clock), from a watch in a thread, so deletion times are measured, not polled."""
+class _RecordingWatch:
+    """A watch in a daemon thread that hands every event to `on_event`; stopped with stop()."""
 
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        import threading
-
-        from kubernetes import watch
-
-        self.deleted: dict[str, float] = {}
+    def __init__(self, list_fn: Any, *args: Any) -> None:
         self._watch = watch.Watch()
-        core = client.CoreV1Api(api)
 
         def run() -> None:
             try:
-                for ev in self._watch.stream(core.list_namespaced_pod, namespace,
-                                             timeout_seconds=600):
-                    pod = ev["object"]
-                    name = pod.metadata.name
-                    if name not in self.deleted and (ev["type"] == "DELETED"
-                                                     or pod.metadata.deletion_timestamp):
-                        self.deleted[name] = time.time()
+                for ev in self._watch.stream(list_fn, *args, timeout_seconds=600):
+                    self.on_event(ev)
             except Exception:  # the namespace or the connection goes away at teardown
                 pass
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
 
+    def on_event(self, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
     def stop(self) -> None:
         self._watch.stop()
+
+
+class PodWatch(_RecordingWatch):
+    """Records when each gateway pod of a namespace started terminating or disappeared
+    (wall clock), from a watch in a thread, so deletion times are measured, not polled."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.deleted: dict[str, float] = {}
+        super().__init__(client.CoreV1Api(api).list_namespaced_pod, namespace)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        pod = event["object"]
+        name = pod.metadata.name
+        if name not in self.deleted and (event["type"] == "DELETED"
+                                         or pod.metadata.deletion_timestamp):
+            self.deleted[name] = time.time()
 
     def wait_deleted(self, pod: str, timeout: float) -> float:
         return wait_for(lambda: self.deleted.get(pod), timeout,  # type: ignore[return-value]
                         f"pod {pod} deleted", interval=0.02)
 
 
-class ConnWatch:
+class ConnWatch(_RecordingWatch):
     """Records every status a namespace's PlatformConnections went through (a watch in a
     thread), so a short-lived field such as nextRestartTime is never missed."""
 
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        import threading
-
-        from kubernetes import watch
-
         self.history: list[tuple[str, dict[str, Any]]] = []
-        self._watch = watch.Watch()
-        custom = client.CustomObjectsApi(api)
+        super().__init__(client.CustomObjectsApi(api).list_namespaced_custom_object, GROUP,
+                         VERSION, namespace, PLURAL)
 
-        def run() -> None:
-            try:
-                for ev in self._watch.stream(custom.list_namespaced_custom_object, GROUP,
-                                             VERSION, namespace, PLURAL, timeout_seconds=600):
-                    obj = ev["object"]
-                    self.history.append((obj["metadata"]["name"], obj.get("status") or {}))
-            except Exception:  # the namespace or the connection goes away at teardown
-                pass
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._watch.stop()
+    def on_event(self, event: dict[str, Any]) -> None:
+        obj = event["object"]
+        self.history.append((obj["metadata"]["name"], obj.get("status") or {}))
 
     def scheduled(self, name: str, since: str, timeout: float = 15) -> dict[str, Any]:
         """The first status of ``name`` with a nextRestartTime for the report at ``since``."""
