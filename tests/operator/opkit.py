@@ -255,15 +255,32 @@ def monotonic() -> float:
     return time.monotonic()
 
 
+def _to_dict(obj: Any) -> Any:
+    """Models (from the client) and plain dicts (custom objects) alike, as API JSON."""
+    return _SERIALIZER.sanitize_for_serialization(obj)
+
+
+_SERIALIZER = client.ApiClient()
+
+
 class _RecordingWatch:
-    """A watch in a daemon thread that hands every event to `on_event`; stopped with stop()."""
+    """A watch in a daemon thread that hands every event to `on_event`; stopped with stop().
+
+    The constructor lists first and the watch starts from that resourceVersion, so nothing
+    that happens after construction is missed (a watch opened later in the thread could miss
+    a short-lived state written before it connected)."""
 
     def __init__(self, list_fn: Any, *args: Any) -> None:
         self._watch = watch.Watch()
+        listed = _to_dict(list_fn(*args))
+        for item in listed.get("items", []):
+            self.on_event({"type": "ADDED", "object": item, "listed": True})
+        version = listed["metadata"]["resourceVersion"]
 
         def run() -> None:
             try:
-                for ev in self._watch.stream(list_fn, *args, timeout_seconds=600):
+                for ev in self._watch.stream(list_fn, *args, resource_version=version,
+                                             timeout_seconds=600):
                     self.on_event(ev)
             except Exception:  # the namespace or the connection goes away at teardown
                 pass
@@ -287,10 +304,10 @@ class PodWatch(_RecordingWatch):
         super().__init__(client.CoreV1Api(api).list_namespaced_pod, namespace)
 
     def on_event(self, event: dict[str, Any]) -> None:
-        pod = event["object"]
-        name = pod.metadata.name
+        meta = _to_dict(event["object"])["metadata"]
+        name = meta["name"]
         if name not in self.deleted and (event["type"] == "DELETED"
-                                         or pod.metadata.deletion_timestamp):
+                                         or meta.get("deletionTimestamp")):
             self.deleted[name] = time.time()
 
     def wait_deleted(self, pod: str, timeout: float) -> float:
