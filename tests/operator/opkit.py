@@ -189,10 +189,16 @@ class Kit:
             return pods[0] if len(pods) == 1 else None
         return wait_for(find, timeout, f"one gateway pod of {name}")  # type: ignore
 
-    def events(self, name: str, reason: str | None = None) -> list[client.CoreV1Event]:
-        items = self.core.list_namespaced_event(
-            self.ns, field_selector=f"involvedObject.name={name}").items
-        return [e for e in items if reason is None or e.reason == reason]
+    def events(self, name: str, reason: str | None = None, at_least: int = 1,
+               timeout: float = 10) -> list[client.CoreV1Event]:
+        """Events of `name` (with `reason`), waiting until there are `at_least` of them:
+        kopf posts Events from a background queue, a moment after the action they record."""
+        def listed() -> list[client.CoreV1Event] | None:
+            items = self.core.list_namespaced_event(
+                self.ns, field_selector=f"involvedObject.name={name}").items
+            found = [e for e in items if reason is None or e.reason == reason]
+            return found if len(found) >= at_least else None
+        return wait_for(listed, timeout, f"{at_least} {reason or ''} Event(s) of {name}")  # type: ignore[return-value]
 
     # -- acting as the gateway ---------------------------------------------------------------
 
