@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -93,9 +94,9 @@ def test_circuit_opens_half_opens_reopens_and_closes(
 
     # Half-open after the cooldown: one replica, a probe pod.
     wait_for(lambda: kit.deployment("cb").spec.replicas == 1, 10, "half-open: replicas 1")
-    import time
     assert time.time() >= probe_at - 0.05
-    assert kit.status("cb")["circuit"]["state"] == "half-open"
+    # The operator scales first and writes status right after.
+    wait_for(lambda: kit.status("cb")["circuit"]["state"] == "half-open", 5, "half-open")
     probe = kit.one_pod("cb", exclude={first, second}).metadata.name
 
     # The probe fails: reopened with the cooldown doubled.
