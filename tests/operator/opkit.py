@@ -34,6 +34,16 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def early_in_a_second(window: float = 0.2) -> None:
+    """Wait until the wall clock has just passed a whole second.
+
+    Status times have second precision, so a report written at x.97 carries stateSince x and a
+    1 s back-off is due at x+1, only 30 ms later: an operator that reacts after the due time
+    restarts at once and never shows a nextRestartTime. Reporting early in a second leaves the
+    operator most of a second to schedule, as a real 1 s back-off would."""
+    wait_for(lambda: time.time() % 1 < window, 2, "the start of a second", interval=0.005)
+
+
 def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 

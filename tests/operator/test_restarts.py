@@ -7,7 +7,16 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from kubernetes import client
-from opkit import ConnWatch, Kit, Operator, PodWatch, parse_time, secret, telegram_conn
+from opkit import (
+    ConnWatch,
+    Kit,
+    Operator,
+    PodWatch,
+    early_in_a_second,
+    parse_time,
+    secret,
+    telegram_conn,
+)
 
 from switchboard_testkit.controlplane import wait_for
 
@@ -29,6 +38,7 @@ def conns(kit: Kit) -> Iterator[ConnWatch]:
 def _fail_and_measure(kit: Kit, gw: client.ApiClient, pods: PodWatch, conns: ConnWatch,
                       name: str, pod: str) -> tuple[float, float]:
     """Report a retryable fatal from ``pod``; return (back-off seconds, lateness seconds)."""
+    early_in_a_second()
     written = kit.fatal(gw, name, pod)
     since = written["status"]["stateSince"]
     status = conns.scheduled(name, since)
