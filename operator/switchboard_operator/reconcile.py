@@ -413,17 +413,17 @@ class Controller:
         assert self.kube is not None and plan.restart_due is not None
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         due: datetime = plan.restart_due
-        # The pod that reported is the one to restart (cheapest for the apiserver); without a
-        # name, or if that pod is gone already, whatever gateway pod runs.
+        # The pod that reported is the one to restart; without a name, whatever gateway pod
+        # runs. If the reporting pod is gone already, the restart has happened: this operator
+        # deleted it and died before recording that, or someone else removed it. Its
+        # replacement is fresh and is kept (deleting it would restart twice).
         selector = children.pod_selector(name)
         pod = (body.get("status") or {}).get("gatewayPod")
         done = self._idle_deletions()
         self._deleting += 1
         done.clear()
         try:
-            deleted = await self.kube.delete_pods(ns, selector, pod) if pod else []
-            if not deleted:
-                deleted = await self.kube.delete_pods(ns, selector)
+            deleted = await self.kube.delete_pods(ns, selector, pod or None)
         finally:
             self._deleting -= 1
             if not self._deleting:
@@ -434,17 +434,23 @@ class Controller:
         metrics.RESTARTS.labels(plan.restart_reason).inc()
         if plan.backoff_seconds:
             metrics.RESTART_BACKOFF.observe(plan.backoff_seconds)
-        log.info("%s/%s: restarted gateway (deleted %s) %.3fs after due time %s", ns, name,
-                 ", ".join(deleted) or "no pods", lateness, format_time(due))
+        if deleted:
+            log.info("%s/%s: restarted gateway (deleted %s) %.3fs after due time %s", ns, name,
+                     ", ".join(deleted), lateness, format_time(due))
+        else:
+            log.info("%s/%s: restart due %s: gateway pod %s already gone, replacement kept",
+                     ns, name, format_time(due), pod or "(none)")
         return now, deleted
 
     async def _restart(self, key: Key, body: Mapping[str, Any], plan: Plan) -> Plan:
         """The plan once its due restart is executed (or found executed)."""
-        now, _ = await self._restart_once(key, body, plan)
+        now, deleted = await self._restart_once(key, body, plan)
         new = after_restart(plan, now)
+        done = "Restarted the gateway" if deleted else \
+            "The gateway pod that failed was already replaced (its replacement is kept)"
         new.events = [*plan.events, Event(
             "Normal", "GatewayRestarted",
-            f"Restarted the gateway after a retryable fatal error ({plan.restart_reason}); "
+            f"{done} after a retryable fatal error ({plan.restart_reason}); "
             f"restart {new.schedule.restarts}, consecutive failures "
             f"{plan.circuit.consecutive_failures}, back-off {plan.backoff_seconds:.0f}s.")]
         return new

@@ -75,6 +75,30 @@ def test_retryable_fatal_restarts_on_schedule_with_growing_backoff(
     assert operator.metric("switchboard_restarts_total") == 4
 
 
+def test_restart_finds_the_failed_pod_gone_and_keeps_its_replacement(
+        kit: Kit, operator: Operator, pods: PodWatch, conns: ConnWatch) -> None:
+    """What an operator finds when its predecessor deleted the pod and died before recording
+    the restart (or someone deleted the pod by hand): the fresh replacement is not restarted."""
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn("gone", restartPolicy={"initialDelaySeconds": 3,
+                                                    "maxDelaySeconds": 6}))
+    wait_for(lambda: kit.deployment("gone"), 30, "Deployment")
+    gw = kit.gateway_client("gone")
+    pod = kit.one_pod("gone").metadata.name
+    written = kit.fatal(gw, "gone", pod)
+    conns.scheduled("gone", written["status"]["stateSince"])
+    kit.core.delete_namespaced_pod(pod, kit.ns, grace_period_seconds=0)
+    replacement = kit.one_pod("gone", exclude={pod}).metadata.name
+
+    status = wait_for(lambda: (s := kit.status("gone")).get("restarts") == 1 and s, 15,
+                      "the restart recorded")
+    assert status["consecutiveFailures"] == 1 and "nextRestartTime" not in status
+    (event,) = kit.events("gone", "GatewayRestarted")
+    assert "already replaced" in event.message
+    assert replacement not in pods.deleted
+    assert kit.one_pod("gone").metadata.name == replacement
+
+
 def test_circuit_opens_half_opens_reopens_and_closes(
         kit: Kit, operator: Operator, pods: PodWatch, conns: ConnWatch) -> None:
     kit.core.create_namespaced_secret(kit.ns, secret("tg"))
