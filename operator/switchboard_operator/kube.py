@@ -117,6 +117,23 @@ class Kube:
             "PATCH", path, query={"fieldManager": FIELD_MANAGER, "force": "true"},
             body=manifest, content_type="application/apply-patch+yaml")
 
+    async def apply_or_recreate(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """apply(); a RoleBinding whose roleRef differs (immutable: the apiserver answers 422)
+        is deleted and created again, the way ``kubectl auth reconcile`` does. It happens when
+        someone recreated the binding by hand or an older operator bound another role."""
+        try:
+            return await self.apply(manifest)
+        except ApiError as exc:
+            if exc.status != 422 or manifest["kind"] != "RoleBinding":
+                raise
+            meta = manifest["metadata"]
+            log.warning("RoleBinding %s/%s has another roleRef (immutable): recreating it",
+                        meta["namespace"], meta["name"])
+            await self.request(
+                "DELETE", object_path(manifest["apiVersion"], manifest["kind"],
+                                      meta["namespace"], meta["name"]), ok=(200, 202, 404))
+            return await self.apply(manifest)
+
     async def apply_status(self, namespace: str, name: str, uid: str,
                            status: Mapping[str, Any]) -> dict[str, Any]:
         """SSA of the operator-owned status fields; fields left out are released/removed.

@@ -338,7 +338,7 @@ class Controller:
                 drift = self._aux_drift(key, views)
                 todo = [o for o in objs[:-1] if o["kind"] in drift]
             for obj in todo:
-                result = await self.kube.apply(obj)
+                result = await self.kube.apply_or_recreate(obj)
                 if obj["kind"] == "Deployment":
                     self.observe_deployment("MODIFIED", result)
                 else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -202,3 +203,27 @@ def test_children_deleted_or_edited_by_hand_come_back(kit: Kit, operator: Operat
     except TimeoutError:
         pass
     assert _apply_count(operator) == before
+
+
+def test_rolebinding_bound_to_another_role_is_recreated(
+        kit: Kit, start_operator: Callable[..., Operator]) -> None:
+    """roleRef is immutable, so an apply cannot fix it: the operator deletes and recreates."""
+    op = start_operator("first")
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn("rebind"))
+    wait_for(lambda: kit.status("rebind").get("observedGeneration") == 1, 30, "reconciled")
+    op.stop()
+    old = kit.rbac.read_namespaced_role_binding("rebind-gateway", kit.ns)
+    kit.rbac.delete_namespaced_role_binding("rebind-gateway", kit.ns)
+    kit.rbac.create_namespaced_role_binding(kit.ns, client.V1RoleBinding(
+        metadata=client.V1ObjectMeta(name="rebind-gateway"),
+        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
+                                  name="view"),
+        subjects=old.subjects))
+
+    start_operator("second")
+    new = wait_for(lambda: (b := kit.rbac.read_namespaced_role_binding(
+        "rebind-gateway", kit.ns)).role_ref.kind == "Role" and b, 15, "roleRef restored")
+    assert new.role_ref.name == "rebind-gateway" and new.metadata.uid != old.metadata.uid
+    (ref,) = new.metadata.owner_references
+    assert ref.kind == "PlatformConnection" and ref.name == "rebind"
