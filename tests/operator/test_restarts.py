@@ -47,6 +47,15 @@ def _fail_and_measure(kit: Kit, gw: client.ApiClient, pods: PodWatch, conns: Con
     return due - parse_time(since).timestamp(), deleted_at - due
 
 
+def _connection(kit: Kit, name: str, initial: int, maximum: int) -> tuple[client.ApiClient, str]:
+    """A Telegram connection with that restart back-off: the gateway's API client, its pod."""
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn(name, restartPolicy={"initialDelaySeconds": initial,
+                                                  "maxDelaySeconds": maximum}))
+    wait_for(lambda: kit.deployment(name), 30, "Deployment")
+    return kit.gateway_client(name), kit.one_pod(name).metadata.name
+
+
 def test_retryable_fatal_restarts_on_schedule_with_growing_backoff(
         kit: Kit, operator: Operator, pods: PodWatch, conns: ConnWatch) -> None:
     kit.core.create_namespaced_secret(kit.ns, secret("tg"))
@@ -79,12 +88,7 @@ def test_restart_finds_the_failed_pod_gone_and_keeps_its_replacement(
         kit: Kit, operator: Operator, pods: PodWatch, conns: ConnWatch) -> None:
     """What an operator finds when its predecessor deleted the pod and died before recording
     the restart (or someone deleted the pod by hand): the fresh replacement is not restarted."""
-    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
-    kit.create(telegram_conn("gone", restartPolicy={"initialDelaySeconds": 3,
-                                                    "maxDelaySeconds": 6}))
-    wait_for(lambda: kit.deployment("gone"), 30, "Deployment")
-    gw = kit.gateway_client("gone")
-    pod = kit.one_pod("gone").metadata.name
+    gw, pod = _connection(kit, "gone", 3, 6)
     written = kit.fatal(gw, "gone", pod)
     conns.scheduled("gone", written["status"]["stateSince"])
     kit.core.delete_namespaced_pod(pod, kit.ns, grace_period_seconds=0)
@@ -253,12 +257,7 @@ def test_operator_killed_mid_backoff_resumes_the_same_schedule(
         kit: Kit, start_operator: Callable[..., Operator], pods: PodWatch,
         conns: ConnWatch) -> None:
     first = start_operator("first", "--standalone")
-    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
-    kit.create(telegram_conn("resume", restartPolicy={"initialDelaySeconds": 8,
-                                                      "maxDelaySeconds": 60}))
-    wait_for(lambda: kit.deployment("resume"), 30, "Deployment")
-    gw = kit.gateway_client("resume")
-    pod = kit.one_pod("resume").metadata.name
+    gw, pod = _connection(kit, "resume", 8, 60)
     written = kit.fatal(gw, "resume", pod)
     status = conns.scheduled("resume", written["status"]["stateSince"])
     due = status["nextRestartTime"]
