@@ -246,13 +246,17 @@ def upsert_condition(
     return out
 
 
-def rollout_in_progress(deployment: Mapping[str, Any] | None) -> bool:
+def rollout_in_progress(deployment: Mapping[str, Any] | None,
+                        completed_generation: int | None = None) -> bool:
     """Whether the gateway Deployment has not yet rolled out its current template.
 
     True while the Deployment is missing, its controller has not observed the latest
-    generation, fewer replicas than desired run the new template, or pods of an old template
-    remain. Readiness is deliberately not considered: a gateway that is up but retrying is
-    reported as Retrying, not as a stuck rollout.
+    generation, pods of an old template remain, or fewer replicas than desired run the new
+    template. That last one only counts while the generation has not been seen complete
+    (``completed_generation``, remembered by the caller): a pod missing from a generation
+    that was complete is being replaced (a restart, an eviction), not rolled out. Readiness
+    is deliberately not considered: a gateway that is up but retrying is reported as
+    Retrying, not as a stuck rollout.
     """
     if deployment is None:
         return True
@@ -264,7 +268,9 @@ def rollout_in_progress(deployment: Mapping[str, Any] | None) -> bool:
     if int(status.get("observedGeneration", 0)) < generation:
         return True
     updated = int(status.get("updatedReplicas", 0))
-    return updated < desired or int(status.get("replicas", 0)) > updated
+    if int(status.get("replicas", 0)) > updated:
+        return True
+    return updated < desired and completed_generation != generation
 
 
 def needs_attention(

@@ -49,7 +49,7 @@ def _deployment_summary(obj: Mapping[str, Any]) -> dict[str, Any]:
     """The few fields of a Deployment the operator needs (keeps memory small at scale)."""
     meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
     return {
-        "metadata": {"generation": meta.get("generation", 0),
+        "metadata": {"generation": meta.get("generation", 0), "uid": meta.get("uid"),
                      "resourceVersion": meta.get("resourceVersion", "0"),
                      "annotations": {children.ANN_APPLIED_HASH: (meta.get("annotations") or {})
                                      .get(children.ANN_APPLIED_HASH)}},
@@ -69,6 +69,8 @@ class Controller:
         self.kube: Kube | None = None
         self.connections: dict[Key, dict[str, Any]] = {}
         self.deployments: dict[Key, dict[str, Any]] = {}
+        # key -> (uid, generation) of the gateway Deployment last seen completely rolled out.
+        self.completed: dict[Key, tuple[str | None, int]] = {}
         # key -> kind -> (resourceVersion, children.view_hash) of the live ServiceAccount, Role
         # and RoleBinding.
         self.aux: dict[Key, dict[str, tuple[int, str]]] = {}
@@ -134,6 +136,7 @@ class Controller:
         key = (meta["namespace"], connection)
         if kind == "DELETED":
             self.deployments.pop(key, None)
+            self.completed.pop(key, None)
             self.poke(key)
             return
         summary = _deployment_summary(obj)
@@ -141,6 +144,8 @@ class Controller:
         if old is not None and _rv(old) > _rv(summary):
             return
         self.deployments[key] = summary
+        if not rollout_in_progress(summary):
+            self.completed[key] = (meta.get("uid"), summary["metadata"]["generation"])
         if old is None or _without_rv(old) != _without_rv(summary):
             self.poke(key)
 
@@ -351,7 +356,7 @@ class Controller:
             self._built[key] = (memo, want, views)
 
         want_status = st.desired(body, plan, secret_missing=missing,
-                                 rollout_in_progress=rollout_in_progress(live),
+                                 rollout_in_progress=self._rolling_out(key, live),
                                  applied_hash=applied_hash, now=utcnow())
         if st.changed(body, want_status.status):
             result = await self.kube.apply_status(ns, name, body["metadata"]["uid"],
@@ -371,6 +376,12 @@ class Controller:
             metrics.CIRCUIT_VALUES[plan.circuit.state.value])
         wakes = [w for w in (*plan.wake, want_status.wake) if w is not None]
         self.timers.arm(key, min(wakes) if wakes else None)
+
+    def _rolling_out(self, key: Key, live: Mapping[str, Any] | None) -> bool:
+        uid, generation = self.completed.get(key, (None, None))
+        if live is None or uid != live["metadata"].get("uid"):
+            generation = None
+        return rollout_in_progress(live, generation)
 
     def _aux_drift(self, key: Key, views: Mapping[str, str]) -> list[str]:
         """Kinds among ServiceAccount, Role, RoleBinding that are missing or differ."""

@@ -303,6 +303,20 @@ def test_rollout_in_progress(dep, expected):
     assert rollout_in_progress(dep) is expected
 
 
+@pytest.mark.parametrize(
+    ("dep", "completed", "expected"),
+    [
+        (deployment(updated=0, replicas=0), 2, False),  # a pod of a rolled-out template replaced
+        (deployment(updated=0, replicas=0), 1, True),  # generation 2 never seen complete
+        (deployment(observed=1, updated=0, replicas=0), 1, True),
+        (deployment(updated=1, replicas=2), 2, True),  # a pod of an old template remains
+        (deployment(), 2, False),
+    ],
+)
+def test_rollout_in_progress_after_completion(dep, completed, expected):
+    assert rollout_in_progress(dep, completed) is expected
+
+
 # --- needs_attention ----------------------------------------------------------------------
 
 HOUR = timedelta(hours=1)

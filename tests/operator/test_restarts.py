@@ -62,6 +62,8 @@ def test_retryable_fatal_restarts_on_schedule_with_growing_backoff(
     kit.create(telegram_conn("flaky"))
     gw = kit.gateway_client(wait_for(lambda: kit.deployment("flaky"), 30, "Deployment")
                             .spec.template.spec.service_account_name.removesuffix("-gateway"))
+    kit.wait_ready("flaky", "False", "Connecting")  # rolled out; no report yet
+    first = len(conns.history)
     seen: set[str] = set()
     backoffs = []
     for restart in range(1, 5):
@@ -82,6 +84,10 @@ def test_retryable_fatal_restarts_on_schedule_with_growing_backoff(
     # A replacement pod runs (has a new name) after every restart.
     assert kit.one_pod("flaky", exclude=seen).metadata.name not in seen
     assert operator.metric("switchboard_restarts_total") == 4
+    # A restart replaces a pod of the same template: Ready never calls it a rollout.
+    reasons = [c["reason"] for n, s in conns.history[first:] if n == "flaky"
+               for c in s.get("conditions") or [] if c["type"] == "Ready"]
+    assert "RestartScheduled" in reasons and "Progressing" not in reasons, reasons
 
 
 def test_restart_finds_the_failed_pod_gone_and_keeps_its_replacement(
