@@ -359,6 +359,7 @@ class Controller:
                                  rollout_in_progress=self._rolling_out(key, live),
                                  applied_hash=applied_hash, now=utcnow())
         if st.changed(body, want_status.status):
+            plan.events = [*plan.events, *st.failure_events(body, want_status)]
             result = await self.kube.apply_status(ns, name, body["metadata"]["uid"],
                                                   want_status.status)
             self.observe_connection("MODIFIED", result)

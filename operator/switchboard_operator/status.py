@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from switchboard_operator import conditions as cond
-from switchboard_operator.circuit import Circuit, parse_time
+from switchboard_operator.circuit import Circuit, Event, parse_time
 from switchboard_operator.decide import Plan
 
 GATEWAY_FIELDS = ("state", "attempt", "maxAttempts", "attempts", "lastError", "stateSince",
@@ -89,3 +89,17 @@ def current(status: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def changed(body: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     return current(body.get("status")) != dict(new)
+
+
+def failure_events(body: Mapping[str, Any], new: Desired) -> list[Event]:
+    """A Warning Event when Ready turns to a failure only a person can fix (PERMANENT): what
+    `kubectl describe` and event-based alerting show. Derived from the transition of the
+    stored Ready reason, so it is posted once, by the write that makes the change."""
+    reason = new.ready.reason
+    if reason not in PERMANENT:
+        return []
+    old = next((c for c in (body.get("status") or {}).get("conditions") or []
+                if c.get("type") == cond.READY), None)
+    if old is not None and old.get("reason") == reason:
+        return []
+    return [Event("Warning", str(reason), new.ready.message)]

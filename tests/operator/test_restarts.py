@@ -191,6 +191,8 @@ def test_non_retryable_fatal_is_not_restarted_and_recovers_after_secret_change(
     kit.fatal(gw, "badtoken", pod, retryable=False, code="telegram_invalid_token")
     c = kit.wait_ready("badtoken", "False", "CredentialsInvalid")
     assert "not restarted automatically" in c["message"]
+    (warning,) = kit.events("badtoken", "CredentialsInvalid")
+    assert warning.type == "Warning" and warning.message == c["message"]
     status = kit.status("badtoken")
     assert status["needsAttention"] is True and "nextRestartTime" not in status
     # No restart: the pod outlives several back-off periods (initialDelaySeconds is 1).
@@ -238,6 +240,8 @@ def test_missing_secret_is_a_condition_and_heals(kit: Kit, operator: Operator) -
     kit.create(telegram_conn("nosecret", secret="later"))
     c = kit.wait_ready("nosecret", "False", "SecretMissing")
     assert "later" in c["message"]
+    (warning,) = kit.events("nosecret", "SecretMissing")
+    assert warning.type == "Warning" and "later" in warning.message
     assert kit.deployment("nosecret").spec.replicas == 0
     assert kit.status("nosecret")["needsAttention"] is True
     kit.core.create_namespaced_secret(kit.ns, secret("later"))
