@@ -55,9 +55,9 @@ def labels(connection: str) -> dict[str, str]:
     }
 
 
-def pod_selector(connection: str) -> str:
-    """Label selector of a connection's gateway pods."""
-    return f"{LABEL_CONNECTION}={connection},app.kubernetes.io/name=switchboard-gateway"
+def pod_selector(connection: str) -> dict[str, str]:
+    """The labels that select a connection's gateway pods."""
+    return {LABEL_CONNECTION: connection, "app.kubernetes.io/name": "switchboard-gateway"}
 
 
 def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -168,7 +168,7 @@ def deployment(body: Mapping[str, Any], ref: SecretRef | None, *, replicas: int,
     spec = body["spec"]
     gw = spec.get("gateway") or {}
     meta = _meta(body)
-    selector = {LABEL_CONNECTION: name, "app.kubernetes.io/name": "switchboard-gateway"}
+    selector = pod_selector(name)
     container: dict[str, Any] = {
         "name": "gateway",
         "image": gw.get("image") or DEFAULT_IMAGE,

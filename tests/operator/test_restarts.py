@@ -109,6 +109,20 @@ def test_restart_finds_the_failed_pod_gone_and_keeps_its_replacement(
     assert kit.one_pod("gone").metadata.name == replacement
 
 
+def test_a_report_naming_another_connections_pod_deletes_nothing(
+        kit: Kit, operator: Operator) -> None:
+    """gatewayPod is written by the gateway: it must not let one gateway have another
+    connection's pod deleted."""
+    gw, pod = _connection(kit, "mine", 1, 2)
+    kit.create(telegram_conn("theirs"))
+    theirs = kit.one_pod("theirs").metadata.name
+    kit.fatal(gw, "mine", theirs)
+    wait_for(lambda: kit.status("mine").get("restarts") == 1, 15, "the restart handled")
+    # Both pods still run (kit.pods leaves out terminating ones).
+    assert [p.metadata.name for p in kit.pods("theirs")] == [theirs]
+    assert [p.metadata.name for p in kit.pods("mine")] == [pod]
+
+
 def test_circuit_opens_half_opens_reopens_and_closes(
         kit: Kit, operator: Operator, pods: PodWatch, conns: ConnWatch) -> None:
     kit.core.create_namespaced_secret(kit.ns, secret("tg"))
