@@ -281,7 +281,7 @@ def main() -> int:
               f"max {max(delays) * 1000:.0f} ms, min {min(delays) * 1000:.0f} ms", flush=True)
         m = scrape(metrics_port)
         # The operator's own measure (due time to deletion response), as a cross-check.
-        count = m.get("switchboard_restart_delay_seconds_count", 0)
+        count = m.get("switchboard_restart_delay_seconds_count", 0) or float("nan")
         cumulative = {k.split('le="', 1)[1].split('"', 1)[0]: v for k, v in m.items()
                       if k.startswith("switchboard_restart_delay_seconds_bucket")}
         print("operator's histogram of the same delays: " + ", ".join(
