@@ -94,12 +94,14 @@ def main() -> int:
     p.add_argument("--connections", "-n", type=int, default=100)
     p.add_argument("--idle-seconds", type=float, default=60)
     p.add_argument("--workdir", type=Path, default=None)
-    p.add_argument("--restart-delay", type=int, default=10,
-                   help="restartPolicy.initialDelaySeconds (default 10); must exceed the time "
-                        "it takes to report every fatal error (about 12 s for 1000), or the "
-                        "restarts are overdue on arrival and no due time is measured")
+    p.add_argument("--restart-delay", type=int, default=None,
+                   help="restartPolicy.initialDelaySeconds (default: 10, or 1 s per 40 "
+                        "connections if more); must exceed the time it takes to report every "
+                        "fatal error (about 12 s for 1000), or restarts are overdue on arrival")
     args = p.parse_args()
     n = args.connections
+    if args.restart_delay is None:
+        args.restart_delay = max(10, n // 40)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
     cluster = Cluster(workdir)
     t = time.monotonic()
