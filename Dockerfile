@@ -20,6 +20,10 @@ LABEL org.opencontainers.image.source="https://github.com/switchboard-dev/switch
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/switchboard /opt/switchboard
 ENV PATH=/opt/switchboard/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-# 65532 is the conventional "nonroot" uid; the pods' restricted securityContext matches it.
+# 65532 is the conventional "nonroot" uid; the pods' restricted securityContext matches it. It
+# gets a passwd entry, although the operator does not depend on one (the pods may run any uid).
+RUN groupadd --gid 65532 switchboard \
+ && useradd --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
+      --shell /usr/sbin/nologin switchboard
 USER 65532:65532
 CMD ["switchboard-operator", "--all-namespaces"]
