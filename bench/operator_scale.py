@@ -118,7 +118,8 @@ def main() -> int:
                         "crd/platformconnections.switchboard.dev")
         core.create_namespace({"metadata": {"name": NS}})
         wait_for(lambda: core.read_namespaced_service_account("default", NS), 60, "namespace")
-        core.create_namespaced_secret(NS, {"metadata": {"name": "tg"},
+        core.create_namespaced_secret(NS, {"metadata": {"name": "tg", "labels": {
+                                               "switchboard.dev/credentials": "true"}},
                                            "stringData": {"token": "1:bench"}})
 
         metrics_port, health_port = free_port(), free_port()

@@ -63,10 +63,22 @@ def redact(text: object) -> str:
     return result
 
 
+# Text a platform sends (PTB makes the server's JSON "description" the exception message) is
+# shown in status and logs: any server named in apiBaseURL could otherwise write pages of it, or
+# forge log lines with control characters.
+MAX_PLATFORM_TEXT = 512
+
+
+def platform_text(text: object, limit: int = MAX_PLATFORM_TEXT) -> str:
+    """Redacted, every control character (newlines included) turned into a space, and at most
+    ``limit`` characters (cut with an ellipsis)."""
+    clean = "".join(c if c.isprintable() else " " for c in redact(text))
+    return clean if len(clean) <= limit else clean[:limit - 1] + "\u2026"
+
+
 def describe(exc: BaseException) -> str:
-    """A short, redacted description of an exception, fit for status and logs."""
-    text = str(exc) or type(exc).__name__
-    return redact(text)
+    """A short, redacted, printable description of an exception, fit for status and logs."""
+    return platform_text(str(exc) or type(exc).__name__)
 
 
 class RedactingFilter(logging.Filter):

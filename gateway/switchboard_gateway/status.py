@@ -40,7 +40,7 @@ from kubernetes.client.rest import ApiException
 
 from switchboard_gateway import metrics
 from switchboard_gateway.adapter import AdapterError, State
-from switchboard_gateway.redact import describe, redact
+from switchboard_gateway.redact import describe, platform_text
 
 log = logging.getLogger("switchboard.status")
 
@@ -48,7 +48,6 @@ GROUP = "switchboard.dev"
 VERSION = "v1alpha1"
 PLURAL = "platformconnections"
 FIELD_MANAGER = "switchboard-gateway"
-MAX_MESSAGE = 4096  # the CRD's maxLength of lastError.message
 # Auxiliary gateway-owned fields a new process carries over from the previous one.
 CARRIED_FIELDS = ("qqSession",)
 
@@ -122,7 +121,7 @@ def build_status(state: State, *, attempt: int, max_attempts: int, error: Adapte
         status["lastError"] = {
             "code": error.code[:128],
             # Redacted again here: the status is the one place a leak would be public.
-            "message": redact(error.message)[:MAX_MESSAGE],
+            "message": platform_text(error.message),
             "retryable": error.retryable,
         }
     return status

@@ -7,6 +7,7 @@ message. The first matching rule wins:
 ==========================  ======  ==================  ==========================================
 situation                   status  reason              why this order
 ==========================  ======  ==================  ==========================================
+spec refused by the policy  False   PolicyViolation     nothing is created for this spec
 spec.suspend                False   Suspended           the user's choice beats everything
 Secret / key missing        False   SecretMissing       the pod cannot even start
 circuit open                False   CircuitOpen         gateway is scaled to 0; its report is old
@@ -62,6 +63,7 @@ class Reason(StrEnum):
     FAILED = "Failed"
     DISCONNECTED = "Disconnected"
     SECRET_MISSING = "SecretMissing"
+    POLICY_VIOLATION = "PolicyViolation"
     CIRCUIT_OPEN = "CircuitOpen"
     CIRCUIT_HALF_OPEN = "CircuitHalfOpen"
     SUSPENDED = "Suspended"
@@ -89,6 +91,8 @@ GATEWAY_STATES = ("connecting", "connected", "retrying", "fatal", "disconnected"
 class ReadyInputs:
     """Everything Ready depends on. Defaults describe a fresh, healthy object."""
 
+    # What the cluster's policy refuses in the spec (policy.violations), joined; None: allowed.
+    policy_violation: str | None = None
     suspended: bool = False
     # None when the Secret and its keys exist; else a short description for the message,
     # e.g. "Secret tg-token has no key 'token'". Never the secret's value.
@@ -115,6 +119,7 @@ class ReadyInputs:
         secret_missing: str | None = None,
         rollout_in_progress: bool = False,
         circuit: CircuitState | None = None,
+        policy_violation: str | None = None,
     ) -> ReadyInputs:
         """Collect the inputs from a PlatformConnection's spec and status.
 
@@ -124,6 +129,7 @@ class ReadyInputs:
         status = status or {}
         last_error = status.get("lastError") or {}
         return cls(
+            policy_violation=policy_violation,
             suspended=bool(spec.get("suspend", False)),
             secret_missing=secret_missing,
             circuit=circuit if circuit is not None else CircuitState.from_status(status),
@@ -147,12 +153,16 @@ class ConditionValue:
 
 def ready_condition(i: ReadyInputs) -> ConditionValue:
     """Status, reason and message of the Ready condition (see the table in the module doc)."""
+    if i.policy_violation:
+        return _false(Reason.POLICY_VIOLATION,
+                      f"Refused by the cluster's policy, nothing runs for this spec: "
+                      f"{i.policy_violation}.")
     if i.suspended:
         return _false(Reason.SUSPENDED, "spec.suspend is true: the gateway is scaled to 0.")
     if i.secret_missing:
         return _false(
             Reason.SECRET_MISSING,
-            f"{i.secret_missing}; the gateway cannot start until it exists.",
+            f"{i.secret_missing}. The gateway stays at 0 replicas until then.",
         )
     if i.circuit.state is Circuit.OPEN:
         until = (
@@ -325,7 +335,8 @@ def _last_error(i: ReadyInputs) -> str:
 # Ready reasons that will not get better by waiting: a person (or a Secret/spec change) must act.
 STALLED_REASONS = frozenset({
     Reason.CREDENTIALS_INVALID, Reason.POLLING_CONFLICT, Reason.BANNED,
-    Reason.CONFIGURATION_INVALID, Reason.FAILED, Reason.SECRET_MISSING, Reason.CIRCUIT_OPEN})
+    Reason.CONFIGURATION_INVALID, Reason.FAILED, Reason.SECRET_MISSING, Reason.CIRCUIT_OPEN,
+    Reason.POLICY_VIOLATION})
 
 
 def kstatus_conditions(ready: ConditionValue) -> dict[str, ConditionValue]:

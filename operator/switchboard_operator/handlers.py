@@ -11,16 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from aiohttp import web
 
-from switchboard_operator import children, kube, metrics
+from switchboard_operator import children, health, kube, metrics
 from switchboard_operator.leader import LeaderElector
 from switchboard_operator.reconcile import Controller
+from switchboard_operator.secret_watch import SecretWatch
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +39,14 @@ class Options:
     lease_name: str = "switchboard-operator"
     identity: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    health_port: int = 0
+    namespaces: list[str] = field(default_factory=list)  # empty: all
+    health_addresses: list[str] = field(default_factory=list)
 
 
 OPTIONS = Options()
 _background: set[asyncio.Task[Any]] = set()
+_runners: list[web.AppRunner] = []
 
 
 @kopf.on.startup()
@@ -61,15 +68,44 @@ async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_
     if not isinstance(info, kopf.ConnectionInfo):
         raise kopf.PermanentError("no Kubernetes credentials (kubeconfig or in-cluster)")
     CONTROLLER.kube = kube.Kube(info)
+    try:
+        runner = await health.serve(OPTIONS.health_port, OPTIONS.health_addresses,
+                                    _health_report)
+    except OSError as exc:
+        raise kopf.PermanentError(exc.strerror) from None
+    if runner is not None:
+        _runners.append(runner)
+    watch = SecretWatch(CONTROLLER.kube, OPTIONS.namespaces, CONTROLLER.observe_secret)
+    _keep(watch.run())
+    _keep(_when_listed(watch))
     if OPTIONS.leader_election:
         elector = LeaderElector(CONTROLLER.kube, OPTIONS.lease_namespace, OPTIONS.lease_name,
                                 OPTIONS.identity, on_started=CONTROLLER.start_leading,
                                 on_stopped=CONTROLLER.stop_leading)
-        task = asyncio.get_running_loop().create_task(elector.run())
-        _background.add(task)
+        _keep(elector.run())
     else:
         metrics.LEADER.set(1)
         CONTROLLER.start_leading()
+
+
+def _keep(coro: Any) -> None:
+    """Run ``coro`` in the background until cleanup; a crash ends the operator (kopf stops
+    when its loop has no operator left), rather than leaving it half-blind."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background_done)
+
+
+def _background_done(task: asyncio.Task[Any]) -> None:
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("background task crashed: %r; stopping", task.exception())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def _when_listed(watch: SecretWatch) -> None:
+    await watch.synced.wait()
+    CONTROLLER.secrets_listed()
 
 
 @kopf.on.login()
@@ -89,23 +125,20 @@ async def cleanup(**_: Any) -> None:
         task.cancel()
     if _background:
         await asyncio.wait(_background, timeout=5)
+    for runner in _runners:
+        await runner.cleanup()
     await CONTROLLER.close()
 
 
-@kopf.on.probe(id="leader")
-def leader_probe(**_: Any) -> bool:
-    return CONTROLLER.leading
-
-
-@kopf.on.probe(id="connections")
-def connections_probe(**_: Any) -> int:
-    return len(CONTROLLER.connections)
+def _health_report() -> dict[str, Any]:
+    return {"leader": CONTROLLER.leading, "connections": len(CONTROLLER.connections)}
 
 
 # -- watches -----------------------------------------------------------------------------------
-# Indexes are filled from the initial listing before kopf runs any other handler, so the caches
-# of Deployments and Secrets are complete before the first PlatformConnection is reconciled
-# (no needless re-apply of children after an operator restart).
+# Indexes are filled from the initial listing before kopf runs any other handler, so the cache
+# of Deployments is complete before the first PlatformConnection is reconciled (no needless
+# re-apply of children after an operator restart). Secrets are not watched through kopf
+# (secret_watch.py says why); reconciles wait until they are listed.
 
 MANAGED = {"app.kubernetes.io/managed-by": "switchboard-operator"}
 
@@ -152,20 +185,6 @@ for _kind, _group, _plural in (("ServiceAccount", "", "serviceaccounts"),
                                ("Role", "rbac.authorization.k8s.io", "roles"),
                                ("RoleBinding", "rbac.authorization.k8s.io", "rolebindings")):
     _watch_child(_kind, _group, _plural)
-
-
-@kopf.index("", "v1", "secrets")
-async def secret_index(body: kopf.Body, **_: Any) -> None:
-    CONTROLLER.observe_secret("MODIFIED", dict(body))
-
-
-def _referenced(name: str, namespace: str, **_: Any) -> bool:
-    return bool(CONTROLLER.secrets.users(namespace, name))
-
-
-@kopf.on.event("", "v1", "secrets", when=_referenced)
-async def secret_event(event: dict[str, Any], **_: Any) -> None:
-    CONTROLLER.observe_secret(event["type"], event["object"])
 
 
 @kopf.on.event("switchboard.dev", "v1alpha1", "platformconnections")

@@ -12,7 +12,7 @@ import json
 import logging
 import ssl
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -29,6 +29,7 @@ USER_AGENT = "switchboard-operator"
 GROUP = "switchboard.dev"
 VERSION = "v1alpha1"
 PLURAL = "platformconnections"
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 # Kinds the operator applies, and their REST paths (namespaced).
 _PATHS = {
@@ -98,15 +99,49 @@ class Kube:
 
     async def request(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
                       body: Any = None, content_type: str = "application/json",
-                      ok: tuple[int, ...] = (200, 201, 202)) -> dict[str, Any]:
+                      ok: tuple[int, ...] = (200, 201, 202),
+                      accept: str = "application/json") -> dict[str, Any]:
         url = self.server + path + (f"?{urlencode(query)}" if query else "")
         data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        headers = {"Content-Type": content_type, "Accept": accept}
         async with self.session.request(method, url, data=data, headers=headers) as resp:
             text = await resp.text()
             if resp.status not in ok:
                 raise ApiError(resp.status, text, f"{method} {path}")
             return json.loads(text) if text else {}
+
+    async def metadata(self, path: str) -> dict[str, Any] | None:
+        """An object's metadata only (PartialObjectMetadata: no data, no spec); None if
+        absent. How the operator looks at a Secret it may not read in full."""
+        try:
+            return await self.request("GET", path, accept=PARTIAL_METADATA)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def watch(self, path: str, query: Mapping[str, str]) -> AsyncIterator[dict[str, Any]]:
+        """The events of one watch request, until the server ends it (``timeoutSeconds``).
+
+        Lines are split here rather than by aiohttp's readline, which refuses lines over
+        128 KiB (a Secret event can reach 1 MiB)."""
+        url = self.server + path + "?" + urlencode({**query, "watch": "true"})
+        idle = float(query.get("timeoutSeconds", "300")) + 30
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=idle)
+        async with self.session.get(url, headers={"Accept": "application/json"},
+                                    timeout=timeout) as resp:
+            if resp.status != 200:
+                raise ApiError(resp.status, await resp.text(), f"WATCH {path}")
+            partial: list[bytes] = []  # the current line so far (no quadratic joins)
+            async for chunk in resp.content.iter_any():
+                *complete, rest = chunk.split(b"\n")
+                for piece in complete:
+                    line = b"".join([*partial, piece])
+                    partial = []
+                    if line.strip():
+                        yield json.loads(line)
+                if rest:
+                    partial.append(rest)
 
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply of one namespaced object (force: the operator owns these fields)."""
@@ -133,6 +168,12 @@ class Kube:
                 "DELETE", object_path(manifest["apiVersion"], manifest["kind"],
                                       meta["namespace"], meta["name"]), ok=(200, 202, 404))
             return await self.apply(manifest)
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        """Set a Deployment's replicas without applying its spec (merge patch)."""
+        return await self.request(
+            "PATCH", object_path("apps/v1", "Deployment", namespace, name),
+            body={"spec": {"replicas": replicas}}, content_type="application/merge-patch+json")
 
     async def apply_status(self, namespace: str, name: str, uid: str,
                            status: Mapping[str, Any]) -> dict[str, Any]:

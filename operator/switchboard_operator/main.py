@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
+import uuid
 
 import kopf
 
 from switchboard_operator import __version__, metrics
+from switchboard_operator.policy import Policy, PolicyError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,12 +27,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="serve all namespaces (the default)")
     p.add_argument("--metrics-port", type=int, default=9090,
                    help="port of the Prometheus /metrics endpoint (0: off; default 9090)")
-    p.add_argument("--metrics-address", default="0.0.0.0",
-                   help="address the /metrics endpoint binds to (default 0.0.0.0)")
+    p.add_argument("--metrics-address", action="append", dest="metrics_addresses",
+                   metavar="ADDRESS",
+                   help="address the /metrics endpoint binds to (repeatable; default 0.0.0.0)")
     p.add_argument("--health-port", type=int, default=8080,
                    help="port of the liveness endpoint /healthz (0: off; default 8080)")
-    p.add_argument("--health-address", default="0.0.0.0",
-                   help="address the liveness endpoint binds to (default 0.0.0.0)")
+    p.add_argument("--health-address", action="append", dest="health_addresses",
+                   metavar="ADDRESS",
+                   help="address the liveness endpoint binds to (repeatable; default 0.0.0.0)")
     elect = p.add_mutually_exclusive_group()
     elect.add_argument("--peering", dest="leader_election", action="store_true", default=True,
                        help="elect one acting replica with a coordination.k8s.io Lease "
@@ -43,7 +48,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lease-name", default="switchboard-operator",
                    help="name of the leader-election Lease (default switchboard-operator)")
     p.add_argument("--identity", default=None,
-                   help="identity in the Lease (default: hostname-pid-random)")
+                   help="identity of this replica, in the Lease and in kopf (default: "
+                        "$POD_NAME, else hostname-pid-random)")
+    p.add_argument("--policy", default=os.environ.get("SWITCHBOARD_POLICY") or "{}",
+                   metavar="JSON",
+                   help="the cluster admin's policy for PlatformConnections, as JSON (keys: "
+                        "apiHosts, insecureAPIHosts, images, allowEnvValueFrom, "
+                        "allowTolerations, allowNodeSelector; default: only the official "
+                        "API hosts over https, only the operator's gateway image, no valueFrom, "
+                        "tolerations or nodeSelector; env SWITCHBOARD_POLICY)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p.parse_args(argv)
@@ -63,17 +76,37 @@ def main(argv: list[str] | None = None) -> None:
     handlers.OPTIONS.lease_namespace = args.lease_namespace or (
         literal[0] if literal else "default")
     handlers.OPTIONS.lease_name = args.lease_name
-    if args.identity:
-        handlers.OPTIONS.identity = args.identity
-    metrics.serve(args.metrics_port, args.metrics_address)
-    liveness = (f"http://{args.health_address}:{args.health_port}/healthz"
-                if args.health_port else None)
+    handlers.OPTIONS.identity = args.identity or default_identity()
+    try:
+        handlers.CONTROLLER.policy = Policy.from_json(args.policy)
+    except PolicyError as exc:
+        sys.exit(f"switchboard-operator: {exc}")
+    handlers.OPTIONS.namespaces = list(args.namespaces)
+    handlers.OPTIONS.health_port = args.health_port
+    handlers.OPTIONS.health_addresses = args.health_addresses or ["0.0.0.0"]
+    for address in args.metrics_addresses or ["0.0.0.0"]:
+        try:
+            metrics.serve(args.metrics_port, address)
+        except OSError as exc:
+            sys.exit(f"switchboard-operator: cannot serve /metrics on "
+                     f"{address}:{args.metrics_port}: {exc.strerror}")
     kopf.run(
         standalone=True,  # no kopf peering: leader.py elects with a Lease
         clusterwide=not args.namespaces,
         namespaces=args.namespaces,
-        liveness_endpoint=liveness,
+        # Given, so kopf never derives one from the user database (getpass.getuser() raises
+        # KeyError for a uid without a passwd entry, as in a container run as 65532).
+        identity=handlers.OPTIONS.identity,  # type: ignore[arg-type]
+        # /healthz is ours (health.py): it binds several addresses.
+        liveness_endpoint=None,
     )
+
+
+def default_identity() -> str:
+    """The pod name (downward API) in a cluster, else host, pid and a random suffix; never
+    the user name, which needs a passwd entry."""
+    return os.environ.get("POD_NAME") or \
+        f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 if __name__ == "__main__":

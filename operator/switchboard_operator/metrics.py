@@ -28,6 +28,9 @@ CONNECTIONS = Gauge("switchboard_connections",
 CONNECTION_STATE = Gauge("switchboard_connection_state",
                          "1 for the gateway's current state of each connection, else 0.",
                          ["namespace", "connection", "state"])
+SECRETS_CACHED = Gauge("switchboard_secrets_cached",
+                       "Credentials Secrets whose key digests the operator holds (labelled ones "
+                       "only; never values).")
 LEADER = Gauge("switchboard_leader", "1 while this replica is the acting leader.")
 API_REQUESTS = Counter("switchboard_operator_api_requests",
                        "Kubernetes API requests made by this process (kopf's included).",

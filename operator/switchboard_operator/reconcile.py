@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
 from switchboard_operator import children, metrics
+from switchboard_operator import policy as pol
 from switchboard_operator import secrets as sec
 from switchboard_operator import status as st
 from switchboard_operator.circuit import Event, format_time
@@ -36,6 +38,9 @@ MAX_CONCURRENT = 16
 ERROR_BACKOFF = (1, 2, 5, 10, 30, 60)
 # Longest a reconcile waits for due restarts' pod deletions in flight to finish (seconds).
 DELETIONS_FIRST = 2.0
+# While a connection's Secret is missing or unlabelled, how often its metadata is looked at
+# again (seconds): a Secret created without the label is not watched, so only this notices it.
+SECRET_RECHECK = 30
 
 
 def _rv(obj: Mapping[str, Any]) -> int:
@@ -67,6 +72,7 @@ def _without_rv(summary: Mapping[str, Any]) -> dict[str, Any]:
 class Controller:
     def __init__(self) -> None:
         self.kube: Kube | None = None
+        self.policy = pol.Policy()
         self.connections: dict[Key, dict[str, Any]] = {}
         self.deployments: dict[Key, dict[str, Any]] = {}
         # key -> (uid, generation) of the gateway Deployment last seen completely rolled out.
@@ -75,6 +81,12 @@ class Controller:
         # and RoleBinding.
         self.aux: dict[Key, dict[str, tuple[int, str]]] = {}
         self.secrets = sec.SecretCache()
+        # Referenced Secrets that exist without the credentials label (metadata seen only).
+        self.unlabelled: set[Key] = set()
+        # Until the credentials Secrets are listed, a reconcile would see every Secret as
+        # missing and scale gateways to 0: reconciles wait (held) until then.
+        self.secrets_ready = False
+        self._held: set[Key] = set()
         self.states: dict[Key, str | None] = {}
         self.timers = Timers(self._wake)
         self.leading = False
@@ -189,10 +201,19 @@ class Controller:
             self.secrets.drop(ns, name)
             changed = True
         else:
+            self.unlabelled.discard((ns, name))
             changed = self.secrets.store(ns, name, obj)
+        metrics.SECRETS_CACHED.set(len(self.secrets.digests))
         if changed:
             for key in self.secrets.users(ns, name):
                 self.poke(key)
+
+    def secrets_listed(self) -> None:
+        """Every served scope's credentials Secrets are listed: held reconciles run."""
+        self.secrets_ready = True
+        held, self._held = self._held, set()
+        for key in held:
+            self.poke(key)
 
     # -- leadership ----------------------------------------------------------------------------
 
@@ -214,6 +235,9 @@ class Controller:
         """Reconcile ``key`` soon; coalesces with a running reconcile of the same key."""
         if not self.leading or self.kube is None:
             return
+        if not self.secrets_ready:
+            self._held.add(key)
+            return
         if key in self._running:
             self._dirty.add(key)
             return
@@ -231,6 +255,9 @@ class Controller:
         reconcile queue: with many restarts due in the same second, every pod deletion is sent
         at once, and the reconciles (status writes, Events) follow."""
         if not self.leading or self.kube is None:
+            return
+        if not self.secrets_ready:
+            self._held.add(key)
             return
         body = self.connections.get(key)
         if body is not None and not body["metadata"].get("deletionTimestamp"):
@@ -311,7 +338,9 @@ class Controller:
             return
         assert self.kube is not None
         ns, name = key
+        await self._look_at_unwatched_secret(ns, body)
         plan, ref, missing, secret_hash, applied_hash = self._decide(key, body, utcnow())
+        refused = self._refused(body)
         restarted = plan.restart_due is not None
         if restarted:
             # First, before any other work: a due restart is the time-critical part (usually
@@ -328,7 +357,16 @@ class Controller:
         live = self.deployments.get(key)
         memo = (body["metadata"].get("resourceVersion"), secret_hash, plan.replicas)
         cached_want = self._built.get(key)
-        if cached_want is not None and cached_want[0] == memo and live is not None \
+        if refused:
+            # Nothing of a refused spec is applied; a gateway of an earlier spec (the policy
+            # may have been tightened since) is scaled to 0.
+            self._built.pop(key, None)
+            if live is not None and live["spec"]["replicas"]:
+                result = await self.kube.scale(ns, children.child_name(name), 0)
+                self.observe_deployment("MODIFIED", result)
+                live = self.deployments.get(key)
+                log.info("%s/%s: refused by the policy, gateway scaled to 0", ns, name)
+        elif cached_want is not None and cached_want[0] == memo and live is not None \
                 and live["metadata"]["annotations"].get(children.ANN_APPLIED_HASH) \
                 == cached_want[1] and not self._aux_drift(key, cached_want[2]):
             pass
@@ -357,7 +395,8 @@ class Controller:
 
         want_status = st.desired(body, plan, secret_missing=missing,
                                  rollout_in_progress=self._rolling_out(key, live),
-                                 applied_hash=applied_hash, now=utcnow())
+                                 applied_hash=applied_hash, now=utcnow(),
+                                 policy_violation=refused)
         if st.changed(body, want_status.status):
             plan.events = [*plan.events, *st.failure_events(body, want_status)]
             result = await self.kube.apply_status(ns, name, body["metadata"]["uid"],
@@ -376,7 +415,24 @@ class Controller:
         metrics.CIRCUIT_STATE.labels(ns, name).set(
             metrics.CIRCUIT_VALUES[plan.circuit.state.value])
         wakes = [w for w in (*plan.wake, want_status.wake) if w is not None]
+        if missing:
+            wakes.append(utcnow() + timedelta(seconds=SECRET_RECHECK))
         self.timers.arm(key, min(wakes) if wakes else None)
+
+    async def _look_at_unwatched_secret(self, ns: str, body: Mapping[str, Any]) -> None:
+        """A referenced Secret the watch does not hold: absent, or present without the label?
+        Its metadata tells, without reading its data."""
+        assert self.kube is not None
+        ref = sec.reference(body.get("spec") or {})
+        if ref is None or self.secrets.get(ns, ref.name) is not None:
+            return
+        meta = await self.kube.metadata(f"/api/v1/namespaces/{quote(ns)}/secrets/"
+                                        f"{quote(ref.name)}")
+        labels = ((meta or {}).get("metadata") or {}).get("labels") or {}
+        if meta is not None and labels.get(sec.CREDENTIALS_LABEL) != sec.CREDENTIALS_VALUE:
+            self.unlabelled.add((ns, ref.name))
+        else:
+            self.unlabelled.discard((ns, ref.name))
 
     def _rolling_out(self, key: Key, live: Mapping[str, Any] | None) -> bool:
         uid, generation = self.completed.get(key, (None, None))
@@ -398,13 +454,21 @@ class Controller:
         ref = sec.reference(spec)
         self.secrets.refer(key, ref)
         cached = self.secrets.get(ns, ref.name) if ref else None
-        missing = sec.missing(ref, cached)
+        missing = sec.missing(ref, cached,
+                              unlabelled=ref is not None and (ns, ref.name) in self.unlabelled)
         secret_hash = "" if missing else sec.referenced_hash(ref, cached)
         applied_hash = f"{children.spec_hash(spec)}:{secret_hash}"
         previous_hash = (body.get("status") or {}).get("appliedHash")
         rolled = bool(previous_hash) and previous_hash != applied_hash
-        plan = decide(body, secret_missing=missing, rolled=rolled, now=now)
+        # A refused spec blocks the gateway like a missing Secret: 0 replicas, no restarts.
+        plan = decide(body, secret_missing=missing or self._refused(body), rolled=rolled,
+                      now=now)
         return plan, ref, missing, secret_hash, applied_hash
+
+    def _refused(self, body: Mapping[str, Any]) -> str | None:
+        """What the cluster's policy refuses in the spec, as one message; None: allowed."""
+        found = pol.violations(body.get("spec") or {}, self.policy, children.DEFAULT_IMAGE)
+        return "; ".join(found) or None
 
     def _restart_once(self, key: Key, body: Mapping[str, Any],
                       plan: Plan) -> asyncio.Task[tuple[datetime, list[str]]]:

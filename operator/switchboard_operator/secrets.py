@@ -15,6 +15,11 @@ from typing import Any
 
 Key = tuple[str, str]  # (namespace, name)
 
+# The operator reads only Secrets that carry this label (secret_watch.py): an unrelated Secret
+# never reaches its memory, and a user decides which Secrets a connection may use.
+CREDENTIALS_LABEL = "switchboard.dev/credentials"
+CREDENTIALS_VALUE = "true"
+
 
 @dataclass(frozen=True)
 class SecretRef:
@@ -52,12 +57,21 @@ def digests(secret: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def missing(ref: SecretRef | None, cached: Mapping[str, str] | None) -> str | None:
-    """A description of what is missing (for the SecretMissing message), or None."""
+def missing(ref: SecretRef | None, cached: Mapping[str, str] | None, *,
+            unlabelled: bool = False) -> str | None:
+    """A description of what is missing and what to do (the SecretMissing message), or None.
+
+    ``unlabelled``: the Secret exists but lacks the credentials label, so the operator does
+    not read it."""
     if ref is None:
         return "the spec references no credentials Secret"
+    if cached is None and unlabelled:
+        return (f"Secret {ref.name} is not labelled {CREDENTIALS_LABEL}={CREDENTIALS_VALUE} "
+                f"(the operator reads only labelled Secrets): kubectl label secret {ref.name} "
+                f"{CREDENTIALS_LABEL}={CREDENTIALS_VALUE}")
     if cached is None:
-        return f"Secret {ref.name} not found"
+        return (f"Secret {ref.name} not found (create it with the label "
+                f"{CREDENTIALS_LABEL}={CREDENTIALS_VALUE})")
     absent = sorted({k for k in ref.keys.values() if k not in cached})
     if absent:
         keys = ", ".join(repr(k) for k in absent)

@@ -25,7 +25,8 @@ OPERATOR_FIELDS = ("conditions", "observedGeneration", "restarts", "consecutiveF
                    "circuit", "needsAttention")
 # Reasons that need a person (needsAttention at once).
 PERMANENT = {cond.Reason.CREDENTIALS_INVALID, cond.Reason.POLLING_CONFLICT, cond.Reason.BANNED,
-             cond.Reason.CONFIGURATION_INVALID, cond.Reason.FAILED, cond.Reason.SECRET_MISSING}
+             cond.Reason.CONFIGURATION_INVALID, cond.Reason.FAILED, cond.Reason.SECRET_MISSING,
+             cond.Reason.POLICY_VIOLATION}
 
 
 @dataclasses.dataclass
@@ -36,7 +37,8 @@ class Desired:
 
 
 def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
-            rollout_in_progress: bool, applied_hash: str, now: datetime) -> Desired:
+            rollout_in_progress: bool, applied_hash: str, now: datetime,
+            policy_violation: str | None = None) -> Desired:
     meta, spec = body["metadata"], body.get("spec") or {}
     status = body.get("status") or {}
     # A superseded report (its pod was restarted or rolled away) is not the gateway's
@@ -44,7 +46,7 @@ def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
     seen = {k: v for k, v in status.items() if not (plan.superseded and k in GATEWAY_FIELDS)}
     inputs = cond.ReadyInputs.from_resource(
         spec, seen, secret_missing=secret_missing, rollout_in_progress=rollout_in_progress,
-        circuit=plan.circuit)
+        circuit=plan.circuit, policy_violation=policy_violation)
     inputs = dataclasses.replace(inputs, next_restart_time=plan.schedule.next_restart)
     value = cond.ready_condition(inputs)
     generation = int(meta.get("generation", 0))

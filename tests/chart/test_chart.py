@@ -12,6 +12,7 @@ import yaml
 from switchboard_testkit.binaries import REPO
 from switchboard_testkit.cluster import Cluster
 from switchboard_testkit.controlplane import wait_for
+from switchboard_testkit.localnode import CHART_VALUES
 from switchboard_testkit.net import free_port
 
 CHART = REPO / "helm" / "switchboard"
@@ -132,7 +133,7 @@ def test_install_connect_upgrade_uninstall(cluster: Cluster, namespace: str) -> 
                             start_new_session=True)
     try:
         helm(cluster, "install", RELEASE, str(CHART), "-n", RELEASE_NS, "--create-namespace",
-             "--wait", "--timeout=3m")
+             *CHART_VALUES, "--wait", "--timeout=3m")
         first = wait_for(lambda: [p for p in _operator_pods(cluster)
                                   if p["status"].get("phase") == "Running"], 60,
                          "the operator pod from the chart to run")[0]
@@ -140,7 +141,7 @@ def test_install_connect_upgrade_uninstall(cluster: Cluster, namespace: str) -> 
         cluster.kubectl("-n", namespace, "apply", "-f", "-", input=f"""
 apiVersion: v1
 kind: Secret
-metadata: {{name: bot}}
+metadata: {{name: bot, labels: {{switchboard.dev/credentials: "true"}}}}
 stringData: {{token: "{TOKEN}"}}
 ---
 apiVersion: switchboard.dev/v1alpha1

@@ -404,3 +404,22 @@ async def test_status_api_errors_never_stall_the_relay(
         subjects=binding.subjects))
     await pconn.wait_state("connected", timeout=20)  # retried with back-off, latest state
     await gw.terminate()
+
+
+async def test_platform_error_text_is_bounded_printable_and_redacted_in_status(
+        pconn: PConn, fake: FakeTelegram, gateway: StartGateway) -> None:
+    """Any server named in apiBaseURL writes the text of its errors: PTB makes the JSON
+    description the exception message. Status gets it bounded, without control characters,
+    and without the token even if the server echoes it."""
+    gw = await start_connected(gateway, telegram_env(pconn, fake), pconn, fake)
+    hostile = f"Bad Gateway\r\n\x1b[31mFORGED LOG LINE token={TOKEN}\x00" + "A" * 20000
+    fake.fail_next(1, 500, body="json", description=hostile)
+    fake.inject_message(7, "wake up")
+    status = await pconn.wait_state("retrying", timeout=10)
+    message = status["lastError"]["message"]
+    assert "Bad Gateway" in message
+    assert len(message) <= 512
+    assert message.isprintable(), repr(message[:80])
+    assert TOKEN not in message
+    await gw.terminate()
+    assert_no_secret(gw, pconn)

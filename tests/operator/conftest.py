@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -29,8 +30,8 @@ def start_operator(request: pytest.FixtureRequest, cluster: Cluster, namespace: 
     """Start operators for the test's namespace; all are stopped (by PID) afterwards."""
     started = _STARTED.setdefault(request.node.nodeid, [])
 
-    def start(name: str = "op", *extra: str) -> Operator:
-        op = Operator(cluster, namespace, name, extra)
+    def start(name: str = "op", *extra: str, **options: Any) -> Operator:
+        op = Operator(cluster, namespace, name, extra, **options)
         started.append(op)
         return op.start()
 

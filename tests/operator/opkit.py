@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 from kubernetes import client, watch
 
+from switchboard_operator.secrets import CREDENTIALS_LABEL, CREDENTIALS_VALUE
 from switchboard_testkit.cluster import Cluster
 from switchboard_testkit.controlplane import pid_alive, wait_for
 from switchboard_testkit.net import free_port
@@ -28,6 +30,10 @@ GROUP, VERSION, PLURAL = "switchboard.dev", "v1alpha1", "platformconnections"
 # (Pending) and are deleted and replaced as in production, but no real gateway process starts
 # and competes with the test, which writes the gateway's status itself.
 NO_NODE = {"switchboard.dev/test-no-such-node": "true"}
+# The policy test operators run with: the fakes on 127.0.0.1 (plain http), and nodeSelector
+# (NO_NODE above). Tests of the policy itself pass another --policy (the last one counts).
+TEST_POLICY = json.dumps({"apiHosts": [], "insecureAPIHosts": ["127.0.0.1"],
+                          "allowNodeSelector": True})
 
 
 def now_rfc3339() -> str:
@@ -52,41 +58,55 @@ class Operator:
     """`python -m switchboard_operator.main` as a child process, stopped by its PID."""
 
     def __init__(self, cluster: Cluster, namespace: str, name: str = "op",
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), *, addresses: tuple[str, ...] = ("127.0.0.1",),
+                 env: Mapping[str, str] | None = None, prefix: tuple[str, ...] = (),
+                 identity: str | None = "") -> None:
+        """``addresses``: where /healthz and /metrics bind; ``env``: the process environment
+        (default: the cluster's); ``prefix``: a command that runs the operator (e.g. in a
+        user namespace); ``identity``: --identity ("": a unique test one, None: none, so the
+        operator picks its own)."""
         self.cluster, self.namespace, self.name = cluster, namespace, name
         self.metrics_port, self.health_port = free_port(), free_port()
         self.log_path = cluster.workdir / f"operator-{namespace}-{name}.log"
         self.extra = extra
+        self.addresses = addresses
+        self.env = dict(env) if env is not None else cluster.env()
+        self.prefix = prefix
+        self.identity = f"{name}-{os.getpid()}" if identity == "" else identity
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Operator:
-        argv = [sys.executable, "-m", "switchboard_operator.main",
+        argv = [*self.prefix, sys.executable, "-m", "switchboard_operator.main",
                 "--namespace", self.namespace, "--lease-namespace", self.namespace,
                 "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
-                "--health-address", "127.0.0.1", "--identity", f"{self.name}-{os.getpid()}",
-                *self.extra]
+                *(f"--health-address={a}" for a in self.addresses),
+                *(f"--metrics-address={a}" for a in self.addresses),
+                *(["--identity", self.identity] if self.identity else []),
+                "--policy", TEST_POLICY, *self.extra]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=self.cluster.env(),
+                                     stdin=subprocess.DEVNULL, env=self.env,
                                      start_new_session=True)
         log.close()
         wait_for(self.healthy, 60, f"operator {self.name} /healthz")
         return self
 
-    def healthy(self) -> bool:
+    def healthy(self, address: str | None = None) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.tail()}")
         try:
             with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as resp:
+                    f"http://{address or self.addresses[0]}:{self.health_port}/healthz",
+                    timeout=2) as resp:
                 return resp.status == 200
         except OSError:
             return False
 
-    def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as resp:
+    def metrics(self, address: str | None = None) -> dict[str, float]:
+        with urllib.request.urlopen(
+                f"http://{address or self.addresses[0]}:{self.metrics_port}/metrics",
+                timeout=5) as resp:
             text = resp.read().decode()
         out: dict[str, float] = {}
         for line in text.splitlines():
@@ -141,7 +161,9 @@ def telegram_conn(name: str, secret: str = "tg", **spec: Any) -> dict[str, Any]:
 
 
 def secret(name: str, **data: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+    """A credentials Secret, labelled so that the operator reads it."""
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "labels": {CREDENTIALS_LABEL: CREDENTIALS_VALUE}},
             "stringData": data or {"token": "123:abc"}}
 
 

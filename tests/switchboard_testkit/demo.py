@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from switchboard_testkit import localnode
 from switchboard_testkit.binaries import REPO
 from switchboard_testkit.cluster import Cluster
 from switchboard_testkit.controlplane import State, log_tails, pid_alive, stop_pid, wait_for
@@ -44,12 +45,12 @@ def manifests(tg_base: str, qq_base: str) -> str:
     return f"""
 apiVersion: v1
 kind: Secret
-metadata: {{name: telegram-bot, namespace: {NS}}}
+metadata: {{name: telegram-bot, namespace: {NS}, labels: {{switchboard.dev/credentials: "true"}}}}
 stringData: {{token: "{TOKEN}"}}
 ---
 apiVersion: v1
 kind: Secret
-metadata: {{name: qq-bot, namespace: {NS}}}
+metadata: {{name: qq-bot, namespace: {NS}, labels: {{switchboard.dev/credentials: "true"}}}}
 stringData: {{appId: "{QQ_APP_ID}", clientSecret: "{QQ_SECRET}"}}
 ---
 apiVersion: switchboard.dev/v1alpha1
@@ -116,7 +117,7 @@ class Demo:
         helm = str(self.cluster.binaries.helm)
         self.run([helm, "upgrade", "--install", "switchboard", str(REPO / "helm/switchboard"),
                   "--namespace", "switchboard-system", "--create-namespace",
-                  "--wait", "--timeout", "3m"], timeout=240)
+                  *localnode.CHART_VALUES, "--wait", "--timeout", "3m"], timeout=240)
         step("operator running (as a local process on the local node)")
 
     def main(self) -> None:
@@ -204,6 +205,7 @@ Done in {time.monotonic() - T0:.0f}s. Everything still runs; explore with:
 
 With a real bot on a real cluster: helm install switchboard ./helm/switchboard, then
   kubectl create secret generic my-bot --from-literal=token=<token from @BotFather>
+  kubectl label secret my-bot switchboard.dev/credentials=true
 and a PlatformConnection like the one above without apiBaseURL (see README).
 Stop everything this demo started: make cluster-down
 """, flush=True)

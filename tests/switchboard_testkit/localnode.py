@@ -42,6 +42,10 @@ from switchboard_testkit.podenv import ConfigError, EnvResolver, expand
 log = logging.getLogger("localnode")
 
 NODE_NAME = "switchboard-local"
+# Chart values for this node: its pods share the host's network namespace, so two of them (or a
+# second local cluster) would both hold 127.0.0.1:<port>; pods here bind only their pod IP. The
+# fake platforms the tests and the demo start listen on http://127.0.0.1.
+CHART_VALUES = ("--set", "portForward=false", "--set", "policy.insecureAPIHosts={127.0.0.1}")
 AUDIENCE = "https://kubernetes.default.svc.cluster.local"
 POD_NET = ipaddress.ip_network("127.1.0.0/16")
 
