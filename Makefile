@@ -54,6 +54,7 @@ demo: venv binaries ## control plane, Helm chart, fake platforms, two connection
 bench: venv binaries ## print the benchmark figures
 	$(BIN)/python bench/operator_scale.py
 	$(BIN)/python bench/gateway_relay.py
+	$(BIN)/python bench/secret_memory.py
 
 clean: cluster-down ## remove the local cluster state and the venv
 	rm -rf $(CLUSTER_DIR) $(VENV)

@@ -87,22 +87,19 @@ def service_account(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def role(body: Mapping[str, Any]) -> dict[str, Any]:
-    """Least privilege: read its own PlatformConnection, write only its own status, post Events.
-
-    resourceNames pin every rule to this connection, so one gateway's token cannot read or
-    patch another connection (get/watch with resourceNames work with a metadata.name field
-    selector, which is how the gateway watches itself).
+    """Least privilege: what the gateway uses, nothing more. It reads its own PlatformConnection
+    (the QQ session it carries over, at start) and patches its own status (server-side apply);
+    it posts no Events and never lists or watches. resourceNames pin both rules to this
+    connection, so one gateway's token cannot read or patch another connection.
     """
     name = body["metadata"]["name"]
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(body),
         "rules": [
             {"apiGroups": ["switchboard.dev"], "resources": ["platformconnections"],
-             "resourceNames": [name], "verbs": ["get", "watch", "list"]},
+             "resourceNames": [name], "verbs": ["get"]},
             {"apiGroups": ["switchboard.dev"], "resources": ["platformconnections/status"],
-             "resourceNames": [name], "verbs": ["get", "patch", "update"]},
-            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"],
-             "verbs": ["create", "patch"]},
+             "resourceNames": [name], "verbs": ["patch"]},
         ],
     }
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from opkit import Kit, Operator, install_crd
+from opkit import Kit, Operator, install_crd, operator_rbac_kubeconfig
 
 from switchboard_testkit.cluster import Cluster
 
@@ -25,12 +25,23 @@ def kit(cluster: Cluster, api: client.ApiClient, namespace: str, crd: None) -> K
 
 
 @pytest.fixture
+def operator_env(cluster: Cluster, api: client.ApiClient, namespace: str) -> dict[str, str]:
+    """The environment of the test's operators: the cluster's, with a kubeconfig that holds
+    only the chart's RBAC for this namespace."""
+    return {**cluster.env(),
+            "KUBECONFIG": str(operator_rbac_kubeconfig(cluster, api, namespace))}
+
+
+@pytest.fixture
 def start_operator(request: pytest.FixtureRequest, cluster: Cluster, namespace: str,
-                   crd: None) -> Iterator[Callable[..., Operator]]:
-    """Start operators for the test's namespace; all are stopped (by PID) afterwards."""
+                   crd: None, operator_env: dict[str, str]
+                   ) -> Iterator[Callable[..., Operator]]:
+    """Start operators for the test's namespace, under the chart's RBAC; all are stopped (by
+    PID) afterwards."""
     started = _STARTED.setdefault(request.node.nodeid, [])
 
     def start(name: str = "op", *extra: str, **options: Any) -> Operator:
+        options.setdefault("env", operator_env)
         op = Operator(cluster, namespace, name, extra, **options)
         started.append(op)
         return op.start()

@@ -25,6 +25,7 @@ from switchboard_testkit.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "platformconnections.switchboard.dev.yaml"
+CHART = REPO / "helm" / "switchboard"
 GROUP, VERSION, PLURAL = "switchboard.dev", "v1alpha1", "platformconnections"
 # Gateway pods that never run: no node carries this label. The Deployment and its pods exist
 # (Pending) and are deleted and replaced as in production, but no real gateway process starts
@@ -137,6 +138,34 @@ class Operator:
         if not self.log_path.exists():
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def operator_rbac_kubeconfig(cluster: Cluster, api: client.ApiClient, namespace: str) -> Path:
+    """A kubeconfig with exactly the rights the chart grants an operator that serves
+    ``namespace`` (watchNamespaces mode: its ClusterRole bound in that namespace, discovery,
+    the leader-election Role), so every operator test runs under the chart's RBAC rather than
+    as cluster-admin. The chart's templates are applied as rendered."""
+    rendered = subprocess.run(
+        [str(cluster.binaries.helm), "template", "sb", str(CHART), "--namespace", namespace,
+         "--set", f"watchNamespaces={{{namespace}}}", "--show-only",
+         "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"],
+        env=cluster.env(), capture_output=True, text=True, check=True).stdout
+    cluster.kubectl("apply", "-f", "-", input=rendered)
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+        audiences=["https://kubernetes.default.svc.cluster.local"], expiration_seconds=3600))
+    token = client.CoreV1Api(api).create_namespaced_service_account_token(
+        "sb-switchboard", namespace, request).status.token
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    path = cluster.workdir / f"operator-{namespace}.kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+        "clusters": admin["clusters"],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {
+            "cluster": admin["clusters"][0]["name"], "user": "operator",
+            "namespace": namespace}}]}))
+    path.chmod(0o600)
+    return path
 
 
 def install_crd(cluster: Cluster) -> None:

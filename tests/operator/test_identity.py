@@ -13,7 +13,6 @@ from collections.abc import Callable
 import pytest
 from opkit import Kit, Operator, secret, telegram_conn
 
-from switchboard_testkit.cluster import Cluster
 from switchboard_testkit.controlplane import wait_for
 
 # What getpass.getuser() reads before it falls back to the user database.
@@ -43,9 +42,10 @@ def as_uid(uid: int) -> tuple[str, ...]:
 
 
 def test_operator_acts_under_a_uid_without_passwd_entry_and_answers_on_each_address(
-        cluster: Cluster, kit: Kit, start_operator: Callable[..., Operator]) -> None:
+        kit: Kit, start_operator: Callable[..., Operator], operator_env: dict[str, str]
+) -> None:
     uid = uid_without_passwd_entry()
-    env = {k: v for k, v in cluster.env().items() if k not in USER_VARIABLES}
+    env = {k: v for k, v in operator_env.items() if k not in USER_VARIABLES}
 
     # The condition of a container run as 65532: the user database does not know the uid.
     probe = subprocess.run([*as_uid(uid), sys.executable, "-c",

@@ -185,7 +185,7 @@ def least_privilege_kubeconfig(cluster: Cluster, api: client.ApiClient, namespac
             client.V1PolicyRule(api_groups=[GROUP], resources=[PLURAL],
                                 resource_names=[name], verbs=["get"]),
             client.V1PolicyRule(api_groups=[GROUP], resources=[f"{PLURAL}/status"],
-                                resource_names=[name], verbs=["get", "patch"]),
+                                resource_names=[name], verbs=["patch"]),
         ]))
     rbac.create_namespaced_role_binding(namespace, client.V1RoleBinding(
         metadata=client.V1ObjectMeta(name=sa),
