@@ -137,7 +137,7 @@ class ReadyInputs:
             gateway_state=status.get("state"),
             attempts=status.get("attempts"),
             error_code=last_error.get("code"),
-            error_message=last_error.get("message"),
+            error_message=_printable(last_error.get("message")),
             retryable=last_error.get("retryable"),
             gateway_pod=status.get("gatewayPod"),
             next_restart_time=parse_time(status.get("nextRestartTime")),
@@ -306,6 +306,18 @@ def needs_attention(
     if retrying_since is None:
         return False
     return now - retrying_since >= timedelta(seconds=threshold_seconds)
+
+
+# Longest piece of a gateway's error text the Ready message (and its Events) quotes. The
+# gateway bounds and cleans it already; a custom image might not.
+MAX_QUOTED_ERROR = 512
+
+
+def _printable(text: str | None) -> str | None:
+    if text is None:
+        return None
+    clean = "".join(c if c.isprintable() else " " for c in str(text))
+    return clean[:MAX_QUOTED_ERROR]
 
 
 def _false(reason: Reason, message: str) -> ConditionValue:

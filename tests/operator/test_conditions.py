@@ -393,3 +393,12 @@ def test_kstatus_conditions_follow_ready(status: str, reason: Reason, reconcilin
     assert got[RECONCILING].status == reconciling
     assert got[STALLED].status == stalled
     assert (got[STALLED].message == "why") == (stalled == "True")
+
+
+def test_quoted_error_text_is_bounded_and_printable() -> None:
+    hostile = "boom\r\n\x1b[31mFORGED\x00" + "A" * 5000
+    inputs = ReadyInputs.from_resource({}, {"state": "retrying", "attempts": "1/3",
+                                            "lastError": {"code": "x", "message": hostile}})
+    message = ready_condition(inputs).message
+    assert message.isprintable() and "boom" in message and "FORGED" in message
+    assert len(message) < 700
