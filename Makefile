@@ -30,8 +30,9 @@ test: venv binaries ## run the whole test suite (starts its own control plane)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-lint: venv ## ruff
+lint: venv ## ruff and mypy
 	$(BIN)/ruff check .
+	$(BIN)/mypy operator/switchboard_operator gateway/switchboard_gateway
 
 cluster-up: venv binaries ## start etcd, kube-apiserver, kube-controller-manager and the local node
 	$(BIN)/switchboard-devcluster up --workdir $(CLUSTER_DIR)

@@ -339,7 +339,8 @@ def parse_message(event_type: str | None, d: object) -> ChatMessage | None:
     """A C2C or group @-message from a dispatch's ``t`` and ``d``; None for anything else."""
     if event_type not in MESSAGE_EVENTS or not isinstance(d, dict):
         return None
-    author = d.get("author") if isinstance(d.get("author"), dict) else {}
+    raw_author = d.get("author")
+    author: dict[str, object] = raw_author if isinstance(raw_author, dict) else {}
     message_id = d.get("id")
     if not isinstance(message_id, str) or not message_id:
         return None

@@ -95,10 +95,11 @@ class KubeStatusWriter:
         )
 
     async def read(self) -> dict[str, Any]:
-        return await asyncio.to_thread(
-            self._api.get_namespaced_custom_object,
+        obj: dict[str, Any] = await asyncio.to_thread(  # the client returns the parsed JSON
+            self._api.get_namespaced_custom_object,  # type: ignore[arg-type]
             GROUP, VERSION, self.namespace, PLURAL, self.name, _request_timeout=self._timeout,
         )
+        return obj
 
 
 def rfc3339(at: float) -> str:

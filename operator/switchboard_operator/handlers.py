@@ -28,6 +28,8 @@ from switchboard_operator.secret_watch import SecretWatch
 log = logging.getLogger(__name__)
 
 CONTROLLER = Controller()
+# The logger kopf hands to handlers.
+AnyLogger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 @dataclass
@@ -50,7 +52,7 @@ _runners: list[web.AppRunner] = []
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, logger: AnyLogger, **_: Any) -> None:
     # Keep kopf's bookkeeping (if any handler ever needs it) in annotations, never in status,
     # which has two owners and a schema.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
@@ -109,7 +111,7 @@ async def _when_listed(watch: SecretWatch) -> None:
 
 
 @kopf.on.login()
-async def login(logger: logging.Logger, settings: kopf.OperatorSettings,
+async def login(logger: AnyLogger, settings: kopf.OperatorSettings,
                 **_: Any) -> kopf.AiohttpSession | None:
     """kopf's usual client login, in a session whose requests are counted in our metrics."""
     info = kopf.login_via_client(logger=logger, settings=settings)
@@ -150,7 +152,7 @@ async def deployment_index(event: Any = None, body: kopf.Body | None = None, **_
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def deployment_event(event: dict[str, Any], **_: Any) -> None:
+async def deployment_event(event: kopf.RawEvent, **_: Any) -> None:
     CONTROLLER.observe_deployment(event["type"], event["object"])
 
 
@@ -159,7 +161,8 @@ async def deployment_event(event: dict[str, Any], **_: Any) -> None:
 # by owner, label or name rather than by our labels, so that removing a label by hand is seen
 # too (kopf filters labels client-side: the watch and its cost are the same).
 
-def _child(name: str, namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> bool:
+def _child(name: str, namespace: str | None, labels: kopf.Labels, body: kopf.Body,
+           **_: Any) -> bool:
     if children.LABEL_CONNECTION in labels:
         return True
     if any(ref.get("kind") == children.KIND and ref.get("apiVersion") == children.API_VERSION
@@ -177,7 +180,7 @@ def _watch_child(kind: str, group: str, plural: str) -> None:
         CONTROLLER.observe_child(kind, "MODIFIED", dict(body))
 
     @kopf.on.event(group, "v1", plural, when=_child, id=f"{plural}_event")
-    async def event(event: dict[str, Any], **_: Any) -> None:
+    async def event(event: kopf.RawEvent, **_: Any) -> None:
         CONTROLLER.observe_child(kind, event["type"], event["object"])
 
 
@@ -188,7 +191,7 @@ for _kind, _group, _plural in (("ServiceAccount", "", "serviceaccounts"),
 
 
 @kopf.on.event("switchboard.dev", "v1alpha1", "platformconnections")
-async def connection_event(event: dict[str, Any], **_: Any) -> None:
+async def connection_event(event: kopf.RawEvent, **_: Any) -> None:
     CONTROLLER.observe_connection(event["type"], event["object"])
 
 

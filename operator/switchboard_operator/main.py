@@ -110,4 +110,4 @@ def default_identity() -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
