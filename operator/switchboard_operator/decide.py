@@ -37,8 +37,10 @@ class Plan:
     wake: list[datetime] = field(default_factory=list)
 
 
-def decide(body: Mapping[str, Any], *, secret_missing: str | None, rolled: bool,
+def decide(body: Mapping[str, Any], *, blocked: str | None, rolled: bool,
            now: datetime) -> Plan:
+    """What to do now. ``blocked``: why the gateway must not run at all (its Secret is
+    missing, or the cluster's policy refuses the spec): 0 replicas and no restarts."""
     spec = body.get("spec") or {}
     status = body.get("status") or {}
     annotations = (body.get("metadata") or {}).get("annotations") or {}
@@ -70,7 +72,7 @@ def decide(body: Mapping[str, Any], *, secret_missing: str | None, rolled: bool,
         events += [e for e in t.effects if isinstance(e, cb.Event)]
         reset_request = requested
 
-    if suspended or secret_missing:
+    if suspended or blocked:
         schedule.next_restart = None  # nothing runs, so nothing to restart
     elif report.state == "fatal" and report.retryable is not False \
             and report.identity != schedule.handled:
@@ -103,7 +105,7 @@ def decide(body: Mapping[str, Any], *, secret_missing: str | None, rolled: bool,
             wake.append(circuit.next_probe_time)
 
     plan = Plan(circuit=circuit, schedule=schedule, reset_request=reset_request,
-                replicas=cb.desired_replicas(circuit, suspended or bool(secret_missing)),
+                replicas=cb.desired_replicas(circuit, suspended or bool(blocked)),
                 events=events, wake=wake)
     nxt = schedule.next_restart
     if nxt is not None and circuit.state is not cb.Circuit.OPEN:

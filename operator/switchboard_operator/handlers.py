@@ -39,11 +39,17 @@ class Options:
     leader_election: bool = True
     lease_namespace: str = "default"
     lease_name: str = "switchboard-operator"
-    identity: str = field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    identity: str = field(default_factory=lambda: default_identity())
     health_port: int = 0
     namespaces: list[str] = field(default_factory=list)  # empty: all
     health_addresses: list[str] = field(default_factory=list)
+
+
+def default_identity() -> str:
+    """The pod name (downward API) in a cluster, else host, pid and a random suffix; never
+    the user name, which needs a passwd entry (kopf's own default does)."""
+    return os.environ.get("POD_NAME") or \
+        f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 OPTIONS = Options()

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
-import uuid
 
 import kopf
 
@@ -76,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     handlers.OPTIONS.lease_namespace = args.lease_namespace or (
         literal[0] if literal else "default")
     handlers.OPTIONS.lease_name = args.lease_name
-    handlers.OPTIONS.identity = args.identity or default_identity()
+    if args.identity:
+        handlers.OPTIONS.identity = args.identity
     try:
         handlers.CONTROLLER.policy = Policy.from_json(args.policy)
     except PolicyError as exc:
@@ -100,13 +99,6 @@ def main(argv: list[str] | None = None) -> None:
         # /healthz is ours (health.py): it binds several addresses.
         liveness_endpoint=None,
     )
-
-
-def default_identity() -> str:
-    """The pod name (downward API) in a cluster, else host, pid and a random suffix; never
-    the user name, which needs a passwd entry."""
-    return os.environ.get("POD_NAME") or \
-        f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 if __name__ == "__main__":

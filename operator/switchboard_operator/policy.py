@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,10 +57,10 @@ class Policy:
         if unknown:
             raise PolicyError(f"--policy has unknown keys {unknown}; known: {sorted(_KEYS)}")
         values: dict[str, Any] = {}
-        types = {f.name: f.type for f in fields(cls)}
+        defaults = cls()
         for key, value in raw.items():
             name = _KEYS[key]
-            if types[name] == "bool":
+            if isinstance(getattr(defaults, name), bool):
                 if not isinstance(value, bool):
                     raise PolicyError(f"--policy {key} must be true or false")
                 values[name] = value

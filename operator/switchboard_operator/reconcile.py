@@ -339,8 +339,8 @@ class Controller:
         assert self.kube is not None
         ns, name = key
         await self._look_at_unwatched_secret(ns, body)
-        plan, ref, missing, secret_hash, applied_hash = self._decide(key, body, utcnow())
-        refused = self._refused(body)
+        plan, ref, missing, refused, secret_hash, applied_hash = self._decide(key, body,
+                                                                             utcnow())
         restarted = plan.restart_due is not None
         if restarted:
             # First, before any other work: a due restart is the time-critical part (usually
@@ -415,7 +415,7 @@ class Controller:
         metrics.CIRCUIT_STATE.labels(ns, name).set(
             metrics.CIRCUIT_VALUES[plan.circuit.state.value])
         wakes = [w for w in (*plan.wake, want_status.wake) if w is not None]
-        if missing:
+        if ref is not None and self.secrets.get(ns, ref.name) is None:
             wakes.append(utcnow() + timedelta(seconds=SECRET_RECHECK))
         self.timers.arm(key, min(wakes) if wakes else None)
 
@@ -447,8 +447,9 @@ class Controller:
                 if kind not in seen or seen[kind][1] != want]
 
     def _decide(self, key: Key, body: Mapping[str, Any], now: datetime
-                ) -> tuple[Plan, sec.SecretRef | None, str | None, str, str]:
-        """decide() on the cached state; also what the children and status need."""
+                ) -> tuple[Plan, sec.SecretRef | None, str | None, str | None, str, str]:
+        """decide() on the cached state; also what the children and status need: the Secret
+        reference, what is missing of it, what the policy refuses, and the hashes."""
         ns = key[0]
         spec = body.get("spec") or {}
         ref = sec.reference(spec)
@@ -460,15 +461,9 @@ class Controller:
         applied_hash = f"{children.spec_hash(spec)}:{secret_hash}"
         previous_hash = (body.get("status") or {}).get("appliedHash")
         rolled = bool(previous_hash) and previous_hash != applied_hash
-        # A refused spec blocks the gateway like a missing Secret: 0 replicas, no restarts.
-        plan = decide(body, secret_missing=missing or self._refused(body), rolled=rolled,
-                      now=now)
-        return plan, ref, missing, secret_hash, applied_hash
-
-    def _refused(self, body: Mapping[str, Any]) -> str | None:
-        """What the cluster's policy refuses in the spec, as one message; None: allowed."""
-        found = pol.violations(body.get("spec") or {}, self.policy, children.DEFAULT_IMAGE)
-        return "; ".join(found) or None
+        refused = "; ".join(pol.violations(spec, self.policy, children.DEFAULT_IMAGE)) or None
+        plan = decide(body, blocked=refused or missing, rolled=rolled, now=now)
+        return plan, ref, missing, refused, secret_hash, applied_hash
 
     def _restart_once(self, key: Key, body: Mapping[str, Any],
                       plan: Plan) -> asyncio.Task[tuple[datetime, list[str]]]:

@@ -35,7 +35,7 @@ def _persist(plan: Any) -> dict[str, Any]:
 
 def test_a_fatal_report_is_counted_once_and_restarts_at_the_due_time() -> None:
     body = _body(_fatal(), restartPolicy={"initialDelaySeconds": 30, "maxDelaySeconds": 300})
-    plan = decide(body, secret_missing=None, rolled=False, now=T0)
+    plan = decide(body, blocked=None, rolled=False, now=T0)
     assert plan.circuit.consecutive_failures == 1
     assert plan.schedule.next_restart == T0 + timedelta(seconds=30)
     assert plan.restart_due is None and plan.wake == [T0 + timedelta(seconds=30)]
@@ -43,16 +43,16 @@ def test_a_fatal_report_is_counted_once_and_restarts_at_the_due_time() -> None:
     # Seen again (another event, or a restarted operator): same schedule, not counted again.
     again = _body(_merge(_persist(plan), _fatal()),
                   restartPolicy={"initialDelaySeconds": 30, "maxDelaySeconds": 300})
-    plan2 = decide(again, secret_missing=None, rolled=False, now=T0 + timedelta(seconds=10))
+    plan2 = decide(again, blocked=None, rolled=False, now=T0 + timedelta(seconds=10))
     assert plan2.circuit.consecutive_failures == 1
     assert plan2.schedule.next_restart == T0 + timedelta(seconds=30)
 
     # Due: restart now; afterwards the stale report (same pod) is superseded, not recounted.
-    plan3 = decide(again, secret_missing=None, rolled=False, now=T0 + timedelta(seconds=30))
+    plan3 = decide(again, blocked=None, rolled=False, now=T0 + timedelta(seconds=30))
     assert plan3.restart_due == T0 + timedelta(seconds=30)
     done = after_restart(plan3, T0 + timedelta(seconds=30))
     stale = _body(_merge(_persist(done), _fatal()))
-    plan4 = decide(stale, secret_missing=None, rolled=False, now=T0 + timedelta(seconds=31))
+    plan4 = decide(stale, blocked=None, rolled=False, now=T0 + timedelta(seconds=31))
     assert plan4.circuit.consecutive_failures == 1 and plan4.superseded
     assert plan4.schedule.restarts == 1 and plan4.schedule.next_restart is None
 
@@ -61,38 +61,38 @@ def test_rolled_resets_counters_and_supersedes_the_old_report() -> None:
     status = {**_fatal(retryable=False), "consecutiveFailures": 5,
               "circuit": {"state": "open", "opens": 2, "cooldownSeconds": 600,
                           "nextProbeTime": "2026-01-01T13:00:00Z"}}
-    plan = decide(_body(status), secret_missing=None, rolled=True, now=T0)
+    plan = decide(_body(status), blocked=None, rolled=True, now=T0)
     assert plan.circuit.state is Circuit.CLOSED and plan.circuit.consecutive_failures == 0
     assert plan.circuit.opens == 2 and plan.replicas == 1 and plan.superseded
     assert [e.reason for e in plan.events] == ["FailuresReset"]
 
 
 def test_non_retryable_is_never_restarted() -> None:
-    plan = decide(_body(_fatal(retryable=False)), secret_missing=None, rolled=False, now=T0)
+    plan = decide(_body(_fatal(retryable=False)), blocked=None, rolled=False, now=T0)
     assert plan.schedule.next_restart is None and plan.circuit.consecutive_failures == 0
     assert not plan.superseded
 
 
 def test_circuit_opens_at_threshold_and_ignores_the_stale_report_when_half_open() -> None:
     spec = {"circuitBreaker": {"failureThreshold": 1, "cooldownSeconds": 60}}
-    plan = decide(_body(_fatal(), **spec), secret_missing=None, rolled=False, now=T0)
+    plan = decide(_body(_fatal(), **spec), blocked=None, rolled=False, now=T0)
     assert plan.circuit.state is Circuit.OPEN and plan.replicas == 0
     assert plan.schedule.next_restart is None
     assert plan.wake == [T0 + timedelta(seconds=60)]
     later = _body(_merge(_persist(plan), _fatal()), **spec)
-    half = decide(later, secret_missing=None, rolled=False, now=T0 + timedelta(seconds=60))
+    half = decide(later, blocked=None, rolled=False, now=T0 + timedelta(seconds=60))
     assert half.circuit.state is Circuit.HALF_OPEN and half.replicas == 1
     again = _body(_merge(_persist(half), _fatal()), **spec)
-    still = decide(again, secret_missing=None, rolled=False, now=T0 + timedelta(seconds=61))
+    still = decide(again, blocked=None, rolled=False, now=T0 + timedelta(seconds=61))
     assert still.circuit.state is Circuit.HALF_OPEN  # the old pod's report is not the probe's
 
 
 def test_manual_reset_annotation_acts_once_per_value() -> None:
     spec = {"circuitBreaker": {"failureThreshold": 1, "cooldownSeconds": 3600}}
-    opened = decide(_body(_fatal(), **spec), secret_missing=None, rolled=False, now=T0)
+    opened = decide(_body(_fatal(), **spec), blocked=None, rolled=False, now=T0)
     body = _body(_merge(_persist(opened), _fatal()), **spec)
     body["metadata"]["annotations"]["switchboard.dev/reset-circuit"] = "a"
-    plan = decide(body, secret_missing=None, rolled=False, now=T0)
+    plan = decide(body, blocked=None, rolled=False, now=T0)
     assert plan.circuit.state is Circuit.CLOSED and plan.reset_request == "a"
     assert plan.replicas == 1
 
@@ -100,7 +100,7 @@ def test_manual_reset_annotation_acts_once_per_value() -> None:
 def test_suspend_and_missing_secret_scale_to_zero_and_drop_the_schedule() -> None:
     for kwargs in ({"suspend": True}, {}):
         missing = None if kwargs else "Secret tg not found"
-        plan = decide(_body(_fatal(), **kwargs), secret_missing=missing, rolled=False, now=T0)
+        plan = decide(_body(_fatal(), **kwargs), blocked=missing, rolled=False, now=T0)
         assert plan.replicas == 0 and plan.schedule.next_restart is None
 
 

@@ -17,7 +17,7 @@ def _body(status: dict[str, Any]) -> dict[str, Any]:
 
 
 def _desired(body: dict[str, Any], missing: str | None = None) -> st.Desired:
-    plan = decide(body, secret_missing=missing, rolled=False, now=T0)
+    plan = decide(body, blocked=missing, rolled=False, now=T0)
     return st.desired(body, plan, secret_missing=missing, rollout_in_progress=False,
                       applied_hash="h", now=T0)
 
