@@ -372,3 +372,18 @@ async def test_health_liveness_readiness_and_metrics() -> None:
             assert (await get(base + "/healthz"))[0] == 503
     finally:
         await server.stop()
+
+
+def test_status_bounds_and_cleans_an_error_message_however_it_was_made() -> None:
+    """The second layer: an AdapterError built from raw platform text (not through
+    describe()) still reaches status bounded, printable and redacted."""
+    redact.register_secret("s3cret-token-value")
+    try:
+        raw = "upstream\r\n\x1b[2Jforged line s3cret-token-value\x00" + "B" * 9000
+        status = build_status(State.RETRYING, attempt=1, max_attempts=3,
+                              error=AdapterError("x", raw, True), state_since="now", pod="p")
+    finally:
+        redact.clear_secrets()
+    message = status["lastError"]["message"]
+    assert message.startswith("upstream") and message.isprintable()
+    assert len(message) <= redact.MAX_PLATFORM_TEXT and "s3cret-token-value" not in message
