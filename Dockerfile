@@ -10,8 +10,7 @@ RUN python -m venv /opt/switchboard
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY gateway/ gateway/
-# The test kit ships with the package (the demo uses its fake servers); tests themselves do not.
-COPY tests/switchboard_testkit/ tests/switchboard_testkit/
+COPY contract/ contract/
 RUN /opt/switchboard/bin/pip install --no-cache-dir --no-compile . \
  && /opt/switchboard/bin/python -m compileall -q /opt/switchboard/lib
 

@@ -17,8 +17,8 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[dev]'
+$(VENV)/.installed: $(BIN)/python pyproject.toml tests/pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]' -e tests/
 	@touch $@
 
 venv: $(VENV)/.installed ## create .venv with the project and its dev tools

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the control-plane binaries (kube-apiserver, kube-controller-manager, kubectl), etcd and
-# helm from pinned Go modules into a cache outside git. Idempotent: a finished binary is kept.
+# Build the control-plane binaries (kube-apiserver, kube-controller-manager, kubectl), etcd,
+# helm and kstatus (hack/kstatus) from pinned Go modules into a cache outside git. Idempotent: a finished binary is kept.
 #   SWITCHBOARD_CACHE  cache root (default ~/.cache/switchboard)
 # Prints the bin directories it filled, one per line, on stdout; progress goes to stderr.
 set -euo pipefail
@@ -103,6 +103,16 @@ if [ ! -x "$helm_dir/bin/helm" ]; then
   build "$helm_dir/src" "$helm_dir/bin/helm" helm.sh/helm/v3/cmd/helm "-X $hv.version=$HELM_VERSION"
 fi
 
+# --- kstatus (sigs.k8s.io/cli-utils: the status library Flux waits with) -------------------
+ks_dir=$cache/kstatus-$CLI_UTILS_VERSION-$(sha256sum "$here/kstatus/main.go" | cut -c1-12)
+mkdir -p "$ks_dir/bin"
+if [ ! -x "$ks_dir/bin/kstatus" ]; then
+  wrapper "$ks_dir/src" switchboard.local/kstatus "require sigs.k8s.io/cli-utils $CLI_UTILS_VERSION"
+  cp "$here/kstatus/main.go" "$ks_dir/src/main.go"
+  (cd "$ks_dir/src" && go mod tidy >/dev/null 2>&1 || true)
+  build "$ks_dir/src" "$ks_dir/bin/kstatus" .
+fi
 echo "$k8s_dir/bin"
 echo "$etcd_dir/bin"
 echo "$helm_dir/bin"
+echo "$ks_dir/bin"

@@ -25,16 +25,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from switchboard_contract import State
 
-class State(StrEnum):
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    RETRYING = "retrying"
-    FATAL = "fatal"
-    DISCONNECTED = "disconnected"
+# The states are the status contract's (switchboard_contract), re-exported for the adapters.
+__all__ = ["AdapterError", "FatalAdapterError", "State", "StatusSink"]
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,7 @@ class GatewayConfig:
     namespace: str
     platform: str
     pod_name: str
+    pod_uid: str = ""
     api_base_url: str | None = None
     backend_url: str | None = None
     backend_echo: bool = False
@@ -204,6 +205,7 @@ class GatewayConfig:
             namespace=namespace,
             platform=platform,
             pod_name=get("SWITCHBOARD_POD_NAME") or os.environ.get("HOSTNAME", "") or "",
+            pod_uid=get("SWITCHBOARD_POD_UID") or "",
             api_base_url=api_base_url,
             backend_url=backend_url,
             backend_echo=backend_echo,

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 
+from switchboard_contract import ErrorCode
 from switchboard_gateway import redact
 from switchboard_gateway.adapter import (
     Adapter,
@@ -79,7 +80,8 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None,
             pass  # not the main thread (in-process tests): the caller sets `stop`
     if reporter is None:
         writer = KubeStatusWriter(config.namespace, config.connection)
-        reporter = StatusReporter(writer, platform=config.platform, pod_name=config.pod_name)
+        reporter = StatusReporter(writer, platform=config.platform, pod_name=config.pod_name,
+                                  pod_uid=config.pod_uid)
     await reporter.start()
     health = HealthServer(host=config.bind_address, health_port=config.health_port,
                           metrics_port=config.metrics_port, ready=lambda: reporter.connected,
@@ -108,7 +110,7 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None,
         elif error is not None:  # a bug: still tell the operator, who restarts us
             log.error("adapter crashed: %s", redact.describe(error), exc_info=error)
             await reporter.report(State.FATAL, error=AdapterError(
-                "gateway_internal_error", redact.describe(error), True))
+                ErrorCode.INTERNAL_ERROR, redact.describe(error), True))
         # Fatal: keep serving health until the operator acts (see module docstring).
         await stop.wait()
     finally:
@@ -151,11 +153,12 @@ async def report_config_error(config_env: dict[str, str], error: ConfigError) ->
         log.error("cannot reach the API server to report it: %s", redact.describe(exc))
         return EX_CONFIG
     reporter = StatusReporter(writer, platform=config_env.get("SWITCHBOARD_PLATFORM", "unknown"),
-                              pod_name=config_env.get("SWITCHBOARD_POD_NAME", ""))
+                              pod_name=config_env.get("SWITCHBOARD_POD_NAME", ""),
+                              pod_uid=config_env.get("SWITCHBOARD_POD_UID", ""))
     await reporter.start()
     await reporter.restore(timeout=2.0)  # keep e.g. status.qqSession for the fixed pod
     await reporter.report(State.FATAL, error=AdapterError(
-        "gateway_config_invalid", str(error), False))
+        ErrorCode.CONFIG_INVALID, str(error), False))
     await stop.wait()
     await reporter.close(None)
     return 0

@@ -41,6 +41,7 @@ import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from switchboard_contract import ErrorCode, Field
 from switchboard_gateway import metrics
 from switchboard_gateway.adapter import (
     AdapterError,
@@ -88,12 +89,12 @@ from switchboard_gateway.redact import redact, register_secret
 PLATFORM = "qqbot"
 TOKEN_BASE = "https://bots.qq.com"
 API_BASE = "https://api.sgroup.qq.com"
-BACKEND_ERROR = "backend_error"
+BACKEND_ERROR = ErrorCode.BACKEND_ERROR
 # Token endpoint answers (HTTP 200, no access_token) that mean the credentials are wrong.
 _CREDENTIAL_CODES = frozenset({100007, 100016})
 _DUPLICATE_REPLY = 40054005  # "message deduplicated": an earlier attempt of this reply landed
 _SEEN_LIMIT = 10_000
-SESSION_FIELD = "qqSession"  # the gateway-owned status field holding the session to resume
+SESSION_FIELD = Field.QQ_SESSION  # the gateway-owned status field holding the session to resume
 _MAX_SESSION_ID = 256  # the CRD's maxLength of qqSession.sessionId
 _MAX_SEQ = 2**53 - 1  # the CRD's maximum of qqSession.seq
 _MAX_APP_ID = 64  # the CRD's maxLength of qqSession.appId
@@ -628,11 +629,11 @@ class QQBotAdapter:
             if status == 401:
                 self._tokens.invalidate(token)
             elif 400 <= status < 500:
-                metrics.ERRORS.labels(platform=PLATFORM, code="qqbot_reply_rejected").inc()
+                metrics.ERRORS.labels(platform=PLATFORM, code=ErrorCode.QQ_REPLY_REJECTED).inc()
                 log.warning("QQ Bot rejected the reply to %s: HTTP %d code %s",
                             message.message_id, status, code)
                 return
-            metrics.ERRORS.labels(platform=PLATFORM, code="qqbot_reply_error").inc()
+            metrics.ERRORS.labels(platform=PLATFORM, code=ErrorCode.QQ_REPLY_ERROR).inc()
             log.warning("QQ Bot reply to %s failed (try %d/%d): %s", message.message_id,
                         attempt, attempts, redact(problem))
             if attempt < attempts and status != 401:

@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
+from switchboard_contract import ErrorCode
+
 # Protocol constants -------------------------------------------------------------------------
 
 
@@ -54,19 +56,19 @@ QUICK_WINDOW = 5.0
 BURST_SIZE = 3
 
 # Error codes (AdapterError.code). Fatal ones end the adapter; the rest show while retrying.
-EXHAUSTED = "qq_reconnect_exhausted"  # retryable fatal, fixed by the issue
-INVALID_CREDENTIALS = "qqbot_invalid_credentials"  # token endpoint rejects appId/clientSecret
-QUICK_DISCONNECTS = "qqbot_quick_disconnects"
-HEARTBEAT_TIMEOUT = "qqbot_heartbeat_timeout"
-HANDSHAKE_TIMEOUT = "qqbot_handshake_timeout"
-NETWORK_ERROR = "qqbot_network_error"
-TOKEN_ERROR = "qqbot_token_error"
-GATEWAY_ERROR = "qqbot_gateway_error"
-RECONNECT_REQUESTED = "qqbot_reconnect_requested"  # op 7
-SESSION_INVALIDATED = "qqbot_invalid_session"  # op 9
-UNEXPECTED_ERROR = "qqbot_unexpected_error"
-CONNECTION_LOST = "qqbot_connection_lost"  # no close frame (1006)
-CONNECTION_CLOSED = "qqbot_connection_closed"  # a close code without a special meaning
+EXHAUSTED = ErrorCode.QQ_RECONNECT_EXHAUSTED  # retryable fatal, fixed by the issue
+INVALID_CREDENTIALS = ErrorCode.QQ_INVALID_CREDENTIALS  # token endpoint rejects the app
+QUICK_DISCONNECTS = ErrorCode.QQ_QUICK_DISCONNECTS
+HEARTBEAT_TIMEOUT = ErrorCode.QQ_HEARTBEAT_TIMEOUT
+HANDSHAKE_TIMEOUT = ErrorCode.QQ_HANDSHAKE_TIMEOUT
+NETWORK_ERROR = ErrorCode.QQ_NETWORK_ERROR
+TOKEN_ERROR = ErrorCode.QQ_TOKEN_ERROR
+GATEWAY_ERROR = ErrorCode.QQ_GATEWAY_ERROR
+RECONNECT_REQUESTED = ErrorCode.QQ_RECONNECT_REQUESTED  # op 7
+SESSION_INVALIDATED = ErrorCode.QQ_INVALID_SESSION  # op 9
+UNEXPECTED_ERROR = ErrorCode.QQ_UNEXPECTED_ERROR
+CONNECTION_LOST = ErrorCode.QQ_CONNECTION_LOST  # no close frame (1006)
+CONNECTION_CLOSED = ErrorCode.QQ_CONNECTION_CLOSED  # a close code without a special meaning
 
 
 class Cause(StrEnum):
@@ -105,16 +107,16 @@ class CloseDecision:
         return Cause.CLOSE_CODE
 
 
-FATAL_CLOSES: dict[int, tuple[str, str]] = {
-    4001: ("qqbot_invalid_opcode", "the platform rejected an opcode we sent"),
-    4002: ("qqbot_invalid_payload", "the platform rejected a payload we sent"),
-    4010: ("qqbot_invalid_shard", "invalid shard"),
-    4011: ("qqbot_sharding_required", "too many guilds for one connection, sharding required"),
-    4012: ("qqbot_invalid_version", "invalid gateway version"),
-    4013: ("qqbot_intents_rejected", "invalid intents"),
-    4014: ("qqbot_intents_rejected", "intents not permitted for this bot"),
-    4914: ("qqbot_delisted", "the bot is delisted (offline, sandbox only)"),
-    4915: ("qqbot_banned", "the bot is banned"),
+FATAL_CLOSES: dict[int, tuple[ErrorCode, str]] = {
+    4001: (ErrorCode.QQ_INVALID_OPCODE, "the platform rejected an opcode we sent"),
+    4002: (ErrorCode.QQ_INVALID_PAYLOAD, "the platform rejected a payload we sent"),
+    4010: (ErrorCode.QQ_INVALID_SHARD, "invalid shard"),
+    4011: (ErrorCode.QQ_SHARDING_REQUIRED, "too many guilds for one connection, sharding required"),
+    4012: (ErrorCode.QQ_INVALID_VERSION, "invalid gateway version"),
+    4013: (ErrorCode.QQ_INTENTS_REJECTED, "invalid intents"),
+    4014: (ErrorCode.QQ_INTENTS_REJECTED, "intents not permitted for this bot"),
+    4914: (ErrorCode.QQ_DELISTED, "the bot is delisted (offline, sandbox only)"),
+    4915: (ErrorCode.QQ_BANNED, "the bot is banned"),
 }
 
 
@@ -125,22 +127,22 @@ def classify_close(code: int | None) -> CloseDecision:
         return CloseDecision(code, error_code, text, Next.FATAL)
     match code:
         case 4004:
-            return CloseDecision(code, "qqbot_token_invalid", "access token rejected",
+            return CloseDecision(code, ErrorCode.QQ_TOKEN_INVALID, "access token rejected",
                                  Next.RESUME, refresh_token=True)
         case 4006:
-            return CloseDecision(code, "qqbot_session_invalid", "session no longer valid",
+            return CloseDecision(code, ErrorCode.QQ_SESSION_INVALID, "session no longer valid",
                                  Next.IDENTIFY)
         case 4007:
-            return CloseDecision(code, "qqbot_invalid_seq", "invalid seq on resume",
+            return CloseDecision(code, ErrorCode.QQ_INVALID_SEQ, "invalid seq on resume",
                                  Next.IDENTIFY)
         case 4008:
-            return CloseDecision(code, "qqbot_rate_limited", "sending too fast",
+            return CloseDecision(code, ErrorCode.QQ_RATE_LIMITED, "sending too fast",
                                  Next.RESUME, rate_limited=True)
         case 4009:
-            return CloseDecision(code, "qqbot_session_timeout", "connection expired, resume",
+            return CloseDecision(code, ErrorCode.QQ_SESSION_TIMEOUT, "connection expired, resume",
                                  Next.RESUME)
         case int() if 4900 <= code <= 4913:
-            return CloseDecision(code, "qqbot_server_error", "platform internal error",
+            return CloseDecision(code, ErrorCode.QQ_SERVER_ERROR, "platform internal error",
                                  Next.IDENTIFY)
         case None | 1006:
             return CloseDecision(None, CONNECTION_LOST, "connection lost without a close frame",

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from switchboard_contract import GATEWAY_FIELDS, GATEWAY_MANAGER, Field
 from switchboard_gateway import metrics
 from switchboard_gateway.adapter import AdapterError, State
 from switchboard_gateway.redact import describe, platform_text
@@ -47,9 +48,9 @@ log = logging.getLogger("switchboard.status")
 GROUP = "switchboard.dev"
 VERSION = "v1alpha1"
 PLURAL = "platformconnections"
-FIELD_MANAGER = "switchboard-gateway"
+FIELD_MANAGER = GATEWAY_MANAGER
 # Auxiliary gateway-owned fields a new process carries over from the previous one.
-CARRIED_FIELDS = ("qqSession",)
+CARRIED_FIELDS = (Field.QQ_SESSION,)
 
 
 class StatusWriter(Protocol):
@@ -107,19 +108,21 @@ def rfc3339(at: float) -> str:
 
 
 def build_status(state: State, *, attempt: int, max_attempts: int, error: AdapterError | None,
-                 state_since: str, pod: str) -> dict[str, Any]:
+                 state_since: str, pod: str, pod_uid: str = "") -> dict[str, Any]:
     """The gateway-owned status fields, and nothing else."""
     status: dict[str, Any] = {
-        "state": state.value,
-        "attempt": attempt,
-        "maxAttempts": max_attempts,
-        "attempts": f"{attempt}/{max_attempts}",
-        "stateSince": state_since,
+        Field.STATE: state.value,
+        Field.ATTEMPT: attempt,
+        Field.MAX_ATTEMPTS: max_attempts,
+        Field.ATTEMPTS: f"{attempt}/{max_attempts}",
+        Field.STATE_SINCE: state_since,
     }
     if pod:
-        status["gatewayPod"] = pod
+        status[Field.GATEWAY_POD] = pod
+    if pod_uid:
+        status[Field.GATEWAY_POD_UID] = pod_uid
     if error is not None:
-        status["lastError"] = {
+        status[Field.LAST_ERROR] = {
             "code": error.code[:128],
             # Redacted again here: the status is the one place a leak would be public.
             "message": platform_text(error.message),
@@ -143,6 +146,7 @@ class StatusReporter:
         *,
         platform: str,
         pod_name: str = "",
+        pod_uid: str = "",
         min_interval: float = 1.0,
         burst: int = 2,
         report_timeout: float = 2.0,
@@ -152,6 +156,7 @@ class StatusReporter:
         self._writer = writer
         self.platform = platform
         self.pod_name = pod_name
+        self.pod_uid = pod_uid
         self.min_interval = min_interval
         self.burst = burst
         self.report_timeout = report_timeout
@@ -211,7 +216,8 @@ class StatusReporter:
                      f" ({error.code}: {error.message})" if error else "")
         self.state, self.error, self._key = state, error, key
         self._status = build_status(state, attempt=attempt, max_attempts=max_attempts,
-                                    error=error, state_since=self._since, pod=self.pod_name)
+                                    error=error, state_since=self._since, pod=self.pod_name,
+                                    pod_uid=self.pod_uid)
         self._seq += 1
         self._urgent_seq = self._seq
         metrics.set_state(self.platform, state)
@@ -390,7 +396,7 @@ class StatusReporter:
 
     async def _final_write(self, status: dict[str, Any]) -> None:
         obj = await self._writer.read()
-        current = (obj.get("status") or {}).get("gatewayPod")
+        current = (obj.get("status") or {}).get(Field.GATEWAY_POD)
         if current and self.pod_name and current != self.pod_name:
             raise _NotOurs
         rv = (obj.get("metadata") or {}).get("resourceVersion")
@@ -401,5 +407,4 @@ class _NotOurs(Exception):
     pass
 
 
-_STATE_FIELDS = frozenset({"state", "attempt", "maxAttempts", "attempts", "lastError",
-                           "stateSince", "gatewayPod"})
+_STATE_FIELDS = frozenset(GATEWAY_FIELDS) - set(CARRIED_FIELDS)

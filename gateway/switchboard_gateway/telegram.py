@@ -40,6 +40,7 @@ from telegram.error import (
 )
 from telegram.request import HTTPXRequest
 
+from switchboard_contract import ErrorCode
 from switchboard_gateway import metrics
 from switchboard_gateway.adapter import (
     AdapterError,
@@ -61,12 +62,12 @@ MAX_TEXT = 4096  # Bot API limit of one message
 ALLOWED_UPDATES = ["message"]
 REMEMBERED_REPLIES = 1000
 
-NETWORK_ERROR = "telegram_network_error"
-INVALID_TOKEN = "telegram_invalid_token"
-POLLING_CONFLICT = "telegram_polling_conflict"
-RATE_LIMITED = "telegram_rate_limited"
-SEND_FAILED = "telegram_send_failed"
-BACKEND_ERROR = "backend_error"
+NETWORK_ERROR = ErrorCode.TELEGRAM_NETWORK_ERROR
+INVALID_TOKEN = ErrorCode.TELEGRAM_INVALID_TOKEN
+POLLING_CONFLICT = ErrorCode.TELEGRAM_POLLING_CONFLICT
+RATE_LIMITED = ErrorCode.TELEGRAM_RATE_LIMITED
+SEND_FAILED = ErrorCode.TELEGRAM_SEND_FAILED
+BACKEND_ERROR = ErrorCode.BACKEND_ERROR
 
 T = TypeVar("T")
 

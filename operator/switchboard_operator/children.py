@@ -149,6 +149,8 @@ def gateway_env(body: Mapping[str, Any], ref: SecretRef | None) -> list[dict[str
     env += [
         {"name": "SWITCHBOARD_POD_NAME",
          "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "SWITCHBOARD_POD_UID",
+         "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
         {"name": "SWITCHBOARD_BIND_ADDRESS",
          "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]

@@ -8,9 +8,11 @@ message. The first matching rule wins:
 situation                   status  reason              why this order
 ==========================  ======  ==================  ==========================================
 spec refused by the policy  False   PolicyViolation     nothing is created for this spec
-spec.suspend                False   Suspended           the user's choice beats everything
+apply refused by the API    False   ApplyFailed         the API server's message; nothing runs
+spec.suspend                True    Suspended           at rest as asked: healthy for GitOps
 Secret / key missing        False   SecretMissing       the pod cannot even start
 circuit open                False   CircuitOpen         gateway is scaled to 0; its report is old
+pods refused (quota, ...)   False   ReplicaFailure      the Deployment's ReplicaFailure condition
 Deployment rolling out      False   Progressing         the report may be from the old pod
 fatal, not retryable        False   CredentialsInvalid  needs a person; shown even when half-open
                                     PollingConflict
@@ -28,6 +30,11 @@ anything else               Unknown UnknownState
 
 Apply circuit transitions (circuit.py) before computing the condition, so that e.g. a probe
 that connected is already ``closed``.
+
+Ready=True means "as the spec asks": connected, or suspended. A suspended connection is at
+rest, so kstatus (Flux's ``wait: true``) must read it as Current, and it reads any Ready=False
+as InProgress; Argo CD's health check (helm/switchboard/README.md) says Suspended by the
+reason. Whether a gateway is connected is Ready's reason (and status.state), not its status.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
+from switchboard_contract import ErrorCode, Field, State
 from switchboard_operator.circuit import Circuit, CircuitState, format_time, parse_time
 
 READY = "Ready"
@@ -64,6 +72,8 @@ class Reason(StrEnum):
     DISCONNECTED = "Disconnected"
     SECRET_MISSING = "SecretMissing"
     POLICY_VIOLATION = "PolicyViolation"
+    APPLY_FAILED = "ApplyFailed"
+    REPLICA_FAILURE = "ReplicaFailure"
     CIRCUIT_OPEN = "CircuitOpen"
     CIRCUIT_HALF_OPEN = "CircuitHalfOpen"
     SUSPENDED = "Suspended"
@@ -71,20 +81,35 @@ class Reason(StrEnum):
     UNKNOWN_STATE = "UnknownState"
 
 
-# Non-retryable error codes of the gateway (status.lastError.code) and the reason they show as.
-# Codes not listed here show as Failed, with the code in the message.
+# What Ready says when the gateway stops with a non-retryable error, for every code the gateway
+# can write (switchboard_contract.ErrorCode; a test checks the table is total, so a new code
+# gets a deliberate reason). Retryable codes show as Failed should one ever come non-retryable
+# (a custom image); a code outside the contract shows as Failed, with the code in the message.
+_C = ErrorCode
 NON_RETRYABLE_REASONS: Mapping[str, Reason] = {
-    "telegram_invalid_token": Reason.CREDENTIALS_INVALID,  # 401/404 from the Bot API
-    "qqbot_invalid_credentials": Reason.CREDENTIALS_INVALID,  # getAppAccessToken refused
-    "telegram_polling_conflict": Reason.POLLING_CONFLICT,  # 409 after conflictRetries
-    "qqbot_banned": Reason.BANNED,  # close code 4915
-    "qqbot_delisted": Reason.BANNED,  # close code 4914
-    "qqbot_intents_rejected": Reason.CONFIGURATION_INVALID,  # close codes 4013, 4014
-    "config_invalid": Reason.CONFIGURATION_INVALID,  # the gateway's settings are unusable
+    _C.TELEGRAM_INVALID_TOKEN: Reason.CREDENTIALS_INVALID,  # 401/404 from the Bot API
+    _C.QQ_INVALID_CREDENTIALS: Reason.CREDENTIALS_INVALID,  # getAppAccessToken refused
+    _C.QQ_TOKEN_INVALID: Reason.CREDENTIALS_INVALID,  # close code 4004
+    _C.TELEGRAM_POLLING_CONFLICT: Reason.POLLING_CONFLICT,  # 409 after conflictRetries
+    _C.QQ_BANNED: Reason.BANNED,  # close code 4915
+    _C.QQ_DELISTED: Reason.BANNED,  # close code 4914
+    _C.QQ_INTENTS_REJECTED: Reason.CONFIGURATION_INVALID,  # close codes 4013, 4014
+    _C.QQ_SHARDING_REQUIRED: Reason.CONFIGURATION_INVALID,  # close code 4011
+    _C.QQ_INVALID_SHARD: Reason.CONFIGURATION_INVALID,  # close code 4010
+    _C.CONFIG_INVALID: Reason.CONFIGURATION_INVALID,  # the gateway's settings are unusable
+    **{code: Reason.FAILED for code in (
+        _C.INTERNAL_ERROR, _C.BACKEND_ERROR, _C.TELEGRAM_NETWORK_ERROR,
+        _C.TELEGRAM_RATE_LIMITED, _C.TELEGRAM_SEND_FAILED, _C.QQ_RECONNECT_EXHAUSTED,
+        _C.QQ_QUICK_DISCONNECTS, _C.QQ_HEARTBEAT_TIMEOUT, _C.QQ_HANDSHAKE_TIMEOUT,
+        _C.QQ_NETWORK_ERROR, _C.QQ_TOKEN_ERROR, _C.QQ_GATEWAY_ERROR, _C.QQ_RECONNECT_REQUESTED,
+        _C.QQ_INVALID_SESSION, _C.QQ_UNEXPECTED_ERROR, _C.QQ_CONNECTION_LOST,
+        _C.QQ_CONNECTION_CLOSED, _C.QQ_INVALID_OPCODE, _C.QQ_INVALID_PAYLOAD,
+        _C.QQ_INVALID_VERSION, _C.QQ_SESSION_INVALID, _C.QQ_INVALID_SEQ, _C.QQ_RATE_LIMITED,
+        _C.QQ_SESSION_TIMEOUT, _C.QQ_SERVER_ERROR, _C.QQ_REPLY_REJECTED, _C.QQ_REPLY_ERROR)},
 }
 
 # Gateway states (status.state), as the CRD enumerates them.
-GATEWAY_STATES = ("connecting", "connected", "retrying", "fatal", "disconnected")
+GATEWAY_STATES = tuple(State)
 
 
 @dataclass(frozen=True)
@@ -93,6 +118,10 @@ class ReadyInputs:
 
     # What the cluster's policy refuses in the spec (policy.violations), joined; None: allowed.
     policy_violation: str | None = None
+    # The API server refused to apply a child (its message), e.g. an invalid Deployment.
+    apply_failed: str | None = None
+    # The gateway Deployment's ReplicaFailure condition ("reason: message"), e.g. a quota.
+    replica_failure: str | None = None
     suspended: bool = False
     # None when the Secret and its keys exist; else a short description for the message,
     # e.g. "Secret tg-token has no key 'token'". Never the secret's value.
@@ -120,6 +149,8 @@ class ReadyInputs:
         rollout_in_progress: bool = False,
         circuit: CircuitState | None = None,
         policy_violation: str | None = None,
+        apply_failed: str | None = None,
+        replica_failure: str | None = None,
     ) -> ReadyInputs:
         """Collect the inputs from a PlatformConnection's spec and status.
 
@@ -127,20 +158,22 @@ class ReadyInputs:
         reconcile's transitions).
         """
         status = status or {}
-        last_error = status.get("lastError") or {}
+        last_error = status.get(Field.LAST_ERROR) or {}
         return cls(
             policy_violation=policy_violation,
+            apply_failed=apply_failed,
+            replica_failure=replica_failure,
             suspended=bool(spec.get("suspend", False)),
             secret_missing=secret_missing,
             circuit=circuit if circuit is not None else CircuitState.from_status(status),
             rollout_in_progress=rollout_in_progress,
-            gateway_state=status.get("state"),
-            attempts=status.get("attempts"),
+            gateway_state=status.get(Field.STATE),
+            attempts=status.get(Field.ATTEMPTS),
             error_code=last_error.get("code"),
             error_message=_printable(last_error.get("message")),
             retryable=last_error.get("retryable"),
-            gateway_pod=status.get("gatewayPod"),
-            next_restart_time=parse_time(status.get("nextRestartTime")),
+            gateway_pod=status.get(Field.GATEWAY_POD),
+            next_restart_time=parse_time(status.get(Field.NEXT_RESTART_TIME)),
         )
 
 
@@ -157,8 +190,14 @@ def ready_condition(i: ReadyInputs) -> ConditionValue:
         return _false(Reason.POLICY_VIOLATION,
                       f"Refused by the cluster's policy, nothing runs for this spec: "
                       f"{i.policy_violation}.")
+    if i.apply_failed:
+        return _false(Reason.APPLY_FAILED,
+                      f"The API server refused the gateway's objects for this spec: "
+                      f"{_printable(i.apply_failed)}. Retried when the spec changes.")
     if i.suspended:
-        return _false(Reason.SUSPENDED, "spec.suspend is true: the gateway is scaled to 0.")
+        return ConditionValue("True", Reason.SUSPENDED,
+                              "spec.suspend is true: the gateway is scaled to 0, as asked "
+                              "(not connected).")
     if i.secret_missing:
         return _false(
             Reason.SECRET_MISSING,
@@ -175,6 +214,10 @@ def ready_condition(i: ReadyInputs) -> ConditionValue:
             f"Circuit open after {i.circuit.consecutive_failures} consecutive failed restarts: "
             f"gateway scaled to 0{until}, then one probe runs.{_last_error(i)}",
         )
+    if i.replica_failure:
+        return _false(Reason.REPLICA_FAILURE,
+                      f"The gateway Deployment cannot create its pod: "
+                      f"{_printable(i.replica_failure)}.")
     if i.rollout_in_progress:
         return _false(
             Reason.PROGRESSING, "Rolling out the gateway Deployment for the current spec."
@@ -348,7 +391,7 @@ def _last_error(i: ReadyInputs) -> str:
 STALLED_REASONS = frozenset({
     Reason.CREDENTIALS_INVALID, Reason.POLLING_CONFLICT, Reason.BANNED,
     Reason.CONFIGURATION_INVALID, Reason.FAILED, Reason.SECRET_MISSING, Reason.CIRCUIT_OPEN,
-    Reason.POLICY_VIOLATION})
+    Reason.POLICY_VIOLATION, Reason.APPLY_FAILED, Reason.REPLICA_FAILURE})
 
 
 def kstatus_conditions(ready: ConditionValue) -> dict[str, ConditionValue]:

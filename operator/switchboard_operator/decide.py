@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from switchboard_contract import State
 from switchboard_operator import circuit as cb
 from switchboard_operator.restarts import Report, Schedule, due_time
 
@@ -74,27 +75,40 @@ def decide(body: Mapping[str, Any], *, blocked: str | None, rolled: bool,
 
     if suspended or blocked:
         schedule.next_restart = None  # nothing runs, so nothing to restart
-    elif report.state == "fatal" and report.retryable is not False \
+    elif report.state == State.FATAL and report.retryable is not False \
             and report.identity != schedule.handled:
         # A new retryable fatal report: count it once, then restart with back-off or open.
+        # The back-off runs from now, the operator's first sight of it: the report's
+        # stateSince is the gateway's clock (skewed, or set by a custom image at will).
+        # Whole seconds, as status shows times: the back-off a person reads from
+        # failureObservedAt to nextRestartTime is exactly the configured one.
+        observed = now.replace(microsecond=0)
         schedule.handled = report.identity
+        schedule.failed_pod_uid = report.pod_uid
+        schedule.failure_observed_at = observed
         t = cb.on_restart_failure(circuit, policy, now)
         circuit = t.state
         events += [e for e in t.effects if isinstance(e, cb.Event)]
         if circuit.state is cb.Circuit.CLOSED:
-            schedule.next_restart = due_time(report.since or now,
-                                             circuit.consecutive_failures,
+            schedule.next_restart = due_time(observed, circuit.consecutive_failures,
                                              spec.get("restartPolicy"))
         else:
             schedule.next_restart = None
-    elif report.state == "connected":
-        since = report.since or now
+    elif report.state == State.CONNECTED and report.identity is not None:
+        # How long it has been connected, on the operator's clock: since this report was
+        # first seen (recorded in status, so a new leader goes on timing the same report).
+        timed = schedule.connected_observed
+        since = timed[1] if timed is not None and timed[0] == report.identity else now
+        schedule.connected_observed = (report.identity, since)
         t = cb.on_connected_for(circuit, policy, now - since)
         circuit = t.state
         events += [e for e in t.effects if isinstance(e, cb.Event)]
         schedule.next_restart = None  # it recovered by itself
         if circuit.state is cb.Circuit.CLOSED and circuit.consecutive_failures:
             wake.append(since + timedelta(seconds=policy.reset_after_connected_seconds))
+
+    if report.state != State.CONNECTED:
+        schedule.connected_observed = None
 
     if circuit.state is cb.Circuit.OPEN:
         t = cb.on_cooldown_elapsed(circuit, now)
@@ -108,17 +122,29 @@ def decide(body: Mapping[str, Any], *, blocked: str | None, rolled: bool,
                 replicas=cb.desired_replicas(circuit, suspended or bool(blocked)),
                 events=events, wake=wake)
     nxt = schedule.next_restart
+    # Another pod reports: the failed one was replaced (deleted by a person, or by an operator
+    # that died before recording its restart). The restart is due at once; it deletes only
+    # the failed pod, so the replacement is kept.
+    replaced = report.pod is not None and schedule.failed_pod is not None \
+        and report.pod != schedule.failed_pod
     if nxt is not None and circuit.state is not cb.Circuit.OPEN:
-        if now >= nxt:
+        if now >= nxt or replaced:
             plan.restart_due = nxt
-            plan.restart_reason = report.code or "unknown"
-            if report.since is not None:
-                plan.backoff_seconds = max(0.0, (nxt - report.since).total_seconds())
+            plan.restart_reason = _handled_code(report, schedule)
+            if schedule.failure_observed_at is not None:
+                plan.backoff_seconds = max(
+                    0.0, (nxt - schedule.failure_observed_at).total_seconds())
         else:
             wake.append(nxt)
     plan.superseded = (report.identity is not None and report.identity == schedule.handled
                        and plan.restart_due is None and schedule.next_restart is None)
     return plan
+
+
+def _handled_code(report: Report, schedule: Schedule) -> str:
+    """The error code of the failure being restarted for; unknown once the report is the
+    replacement's."""
+    return (report.code if report.identity == schedule.handled else None) or "unknown"
 
 
 def after_restart(plan: Plan, now: datetime) -> Plan:

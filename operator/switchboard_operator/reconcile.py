@@ -28,10 +28,14 @@ from switchboard_operator.circuit import Event, format_time
 from switchboard_operator.conditions import rollout_in_progress
 from switchboard_operator.decide import Plan, after_restart, decide
 from switchboard_operator.kube import ApiError, Kube
-from switchboard_operator.restarts import Key, Timers, utcnow
+from switchboard_operator.restarts import Clock, Key, Timers, utcnow
 
 log = logging.getLogger(__name__)
 
+# HTTP statuses of an apply the API server refuses as invalid: applying the same objects again
+# gets the same answer, so they wait for a change (the API conventions' 400 BadRequest and 422
+# Invalid). Other failures (403, 409, 5xx, timeouts) are retried with back-off.
+INVALID = (400, 422)
 # Reconciles in flight at once. Measured: 48 made a burst of 100 due restarts slower than 16
 # (more concurrent TLS connections and apiserver contention on a small control plane).
 MAX_CONCURRENT = 16
@@ -53,6 +57,8 @@ def _rv(obj: Mapping[str, Any]) -> int:
 def _deployment_summary(obj: Mapping[str, Any]) -> dict[str, Any]:
     """The few fields of a Deployment the operator needs (keeps memory small at scale)."""
     meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    failure = next((c for c in status.get("conditions") or []
+                    if c.get("type") == "ReplicaFailure" and c.get("status") == "True"), None)
     return {
         "metadata": {"generation": meta.get("generation", 0), "uid": meta.get("uid"),
                      "resourceVersion": meta.get("resourceVersion", "0"),
@@ -61,6 +67,10 @@ def _deployment_summary(obj: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {"replicas": spec.get("replicas", 1)},
         "status": {k: status.get(k, 0) for k in ("observedGeneration", "replicas",
                                                   "updatedReplicas")},
+        # The ReplicaSet could not create a pod (a quota, an admission webhook): "reason:
+        # message", or None.
+        "replicaFailure": f"{failure.get('reason')}: {failure.get('message')}"
+        if failure is not None else None,
     }
 
 
@@ -70,7 +80,9 @@ def _without_rv(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Controller:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = utcnow) -> None:
+        # Every time a decision uses is read here (tests inject a fake clock).
+        self.clock = clock
         self.kube: Kube | None = None
         self.policy = pol.Policy()
         self.connections: dict[Key, dict[str, Any]] = {}
@@ -88,7 +100,7 @@ class Controller:
         self.secrets_ready = False
         self._held: set[Key] = set()
         self.states: dict[Key, str | None] = {}
-        self.timers = Timers(self._wake)
+        self.timers = Timers(self._wake, clock)
         self.leading = False
         self._running: set[Key] = set()
         self._dirty: set[Key] = set()
@@ -110,6 +122,9 @@ class Controller:
         # key -> ((resourceVersion, secret hash, replicas), applied hash, view hashes of the
         # ServiceAccount, Role and RoleBinding) of the last build.
         self._built: dict[Key, tuple[tuple[Any, str, int], str, dict[str, str]]] = {}
+        # key -> ((generation, secret hash, replicas), the API server's message) of children
+        # the API server refused as invalid: not applied again until one of those changes.
+        self._rejected: dict[Key, tuple[tuple[int, str, int], str]] = {}
 
     # -- feeding from the watches ------------------------------------------------------------
 
@@ -119,6 +134,11 @@ class Controller:
         if kind == "DELETED":
             self.connections.pop(key, None)
             self._built.pop(key, None)
+            self._rejected.pop(key, None)
+            self._errors.pop(key, None)
+            retry = self._retry.pop(key, None)
+            if retry is not None:
+                retry.cancel()
             self.aux.pop(key, None)
             self.secrets.unrefer(key)
             if key in self.states:
@@ -247,8 +267,20 @@ class Controller:
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """Nothing running in the background fails unseen: a crash is logged and counted."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            metrics.RECONCILE_ERRORS.inc()
+            log.error("background task %s failed: %s",
+                      getattr(task.get_coro(), "__qualname__", task.get_name()),
+                      exc, exc_info=exc)
 
     def _wake(self, key: Key) -> None:
         """A connection's timer expired. A due restart is executed right here, not behind the
@@ -261,7 +293,7 @@ class Controller:
             return
         body = self.connections.get(key)
         if body is not None and not body["metadata"].get("deletionTimestamp"):
-            plan = self._decide(key, body, utcnow())[0]
+            plan = self._decide(key, body, self.clock())[0]
             if plan.restart_due is not None:
                 self._spawn(self._restart_then_reconcile(key, body, plan))
                 return
@@ -340,7 +372,7 @@ class Controller:
         ns, name = key
         await self._look_at_unwatched_secret(ns, body)
         plan, ref, missing, refused, secret_hash, applied_hash = self._decide(key, body,
-                                                                             utcnow())
+                                                                             self.clock())
         restarted = plan.restart_due is not None
         if restarted:
             # First, before any other work: a due restart is the time-critical part (usually
@@ -350,13 +382,18 @@ class Controller:
             # Nothing (or something else) is due now: a recorded deletion is stale.
             self._restarts.pop(key, None)
 
-        # Children before status: the status below describes what was applied. Building and
-        # hashing the manifests is skipped when nothing they depend on changed.
-        # The ServiceAccount, Role and RoleBinding are compared by content with the live ones
-        # (watched): one deleted or edited by hand is re-applied alone.
+        # Children before status: the status below describes what was applied (or the API
+        # server's refusal of it).
         live = self.deployments.get(key)
         memo = (body["metadata"].get("resourceVersion"), secret_hash, plan.replicas)
+        attempt = (int(body["metadata"].get("generation", 0)), secret_hash, plan.replicas)
         cached_want = self._built.get(key)
+        rejected = self._rejected.get(key)
+        apply_failed: str | None = None
+        retry_error: ApiError | None = None
+        if rejected is not None and rejected[0] != attempt:
+            self._rejected.pop(key, None)  # something changed: try again
+            rejected = None
         if refused:
             # Nothing of a refused spec is applied; a gateway of an earlier spec (the policy
             # may have been tightened since) is scaled to 0.
@@ -366,37 +403,34 @@ class Controller:
                 self.observe_deployment("MODIFIED", result)
                 live = self.deployments.get(key)
                 log.info("%s/%s: refused by the policy, gateway scaled to 0", ns, name)
+        elif rejected is not None:
+            apply_failed = rejected[1]  # invalid as it stands: retried when the spec changes
         elif cached_want is not None and cached_want[0] == memo and live is not None \
                 and live["metadata"]["annotations"].get(children.ANN_APPLIED_HASH) \
                 == cached_want[1] and not self._aux_drift(key, cached_want[2]):
             pass
         else:
-            objs = children.build(body, ref, replicas=plan.replicas, secret_hash=secret_hash)
-            want = objs[-1]["metadata"]["annotations"][children.ANN_APPLIED_HASH]
-            views = {o["kind"]: children.view_hash(o["kind"], o) for o in objs[:-1]}
-            if live is None \
-                    or live["metadata"]["annotations"].get(children.ANN_APPLIED_HASH) != want:
-                todo = objs
-            else:
-                drift = self._aux_drift(key, views)
-                todo = [o for o in objs[:-1] if o["kind"] in drift]
-            for obj in todo:
-                result = await self.kube.apply_or_recreate(obj)
-                if obj["kind"] == "Deployment":
-                    self.observe_deployment("MODIFIED", result)
+            try:
+                live = await self._apply_children(key, body, ref, plan, secret_hash, memo)
+            except ApiError as exc:
+                if exc.status not in INVALID:
+                    retry_error = exc  # reported below, and retried with back-off
                 else:
-                    self.observe_child(obj["kind"], "MODIFIED", result)
-            if todo:
+                    self._rejected[key] = (attempt, exc.message)
+                    log.warning("%s/%s: the API server refused the gateway's objects: %s",
+                                ns, name, exc.message)
+                apply_failed = exc.message
                 live = self.deployments.get(key)
-                log.info("applied %s of %s/%s (replicas %s)",
-                         "children" if len(todo) == len(objs)
-                         else ", ".join(o["kind"] for o in todo), ns, name, plan.replicas)
-            self._built[key] = (memo, want, views)
+        if apply_failed is not None:
+            # status.appliedHash keeps naming what was last applied.
+            applied_hash = (body.get("status") or {}).get("appliedHash") or ""
 
         want_status = st.desired(body, plan, secret_missing=missing,
                                  rollout_in_progress=self._rolling_out(key, live),
-                                 applied_hash=applied_hash, now=utcnow(),
-                                 policy_violation=refused)
+                                 applied_hash=applied_hash, now=self.clock(),
+                                 policy_violation=refused, apply_failed=apply_failed,
+                                 replica_failure=(live or {}).get("replicaFailure")
+                                 if plan.replicas else None)
         if st.changed(body, want_status.status):
             plan.events = [*plan.events, *st.failure_events(body, want_status)]
             result = await self.kube.apply_status(ns, name, body["metadata"]["uid"],
@@ -416,8 +450,43 @@ class Controller:
             metrics.CIRCUIT_VALUES[plan.circuit.state.value])
         wakes = [w for w in (*plan.wake, want_status.wake) if w is not None]
         if ref is not None and self.secrets.get(ns, ref.name) is None:
-            wakes.append(utcnow() + timedelta(seconds=SECRET_RECHECK))
+            wakes.append(self.clock() + timedelta(seconds=SECRET_RECHECK))
         self.timers.arm(key, min(wakes) if wakes else None)
+        if retry_error is not None:
+            raise retry_error
+
+    async def _apply_children(self, key: Key, body: Mapping[str, Any],
+                              ref: sec.SecretRef | None, plan: Plan, secret_hash: str,
+                              memo: tuple[Any, str, int]) -> dict[str, Any] | None:
+        """Server-side apply what changed of the gateway's objects; the live Deployment after.
+
+        Building and hashing the manifests is skipped by the caller when nothing they depend
+        on changed. The ServiceAccount, Role and RoleBinding are compared by content with the
+        live ones (watched): one deleted or edited by hand is re-applied alone."""
+        assert self.kube is not None
+        ns, name = key
+        live = self.deployments.get(key)
+        objs = children.build(body, ref, replicas=plan.replicas, secret_hash=secret_hash)
+        want = objs[-1]["metadata"]["annotations"][children.ANN_APPLIED_HASH]
+        views = {o["kind"]: children.view_hash(o["kind"], o) for o in objs[:-1]}
+        if live is None \
+                or live["metadata"]["annotations"].get(children.ANN_APPLIED_HASH) != want:
+            todo = objs
+        else:
+            drift = self._aux_drift(key, views)
+            todo = [o for o in objs[:-1] if o["kind"] in drift]
+        for obj in todo:
+            result = await self.kube.apply_or_recreate(obj)
+            if obj["kind"] == "Deployment":
+                self.observe_deployment("MODIFIED", result)
+            else:
+                self.observe_child(obj["kind"], "MODIFIED", result)
+        if todo:
+            log.info("applied %s of %s/%s (replicas %s)",
+                     "children" if len(todo) == len(objs)
+                     else ", ".join(o["kind"] for o in todo), ns, name, plan.replicas)
+        self._built[key] = (memo, want, views)
+        return self.deployments.get(key)
 
     async def _look_at_unwatched_secret(self, ns: str, body: Mapping[str, Any]) -> None:
         """A referenced Secret the watch does not hold: absent, or present without the label?
@@ -484,22 +553,23 @@ class Controller:
         assert self.kube is not None and plan.restart_due is not None
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         due: datetime = plan.restart_due
-        # The pod that reported is the one to restart; without a name, whatever gateway pod
-        # runs. If the reporting pod is gone already, the restart has happened: this operator
-        # deleted it and died before recording that, or someone else removed it. Its
-        # replacement is fresh and is kept (deleting it would restart twice).
+        # The pod of the failure record is the one to restart (never the pod reporting now,
+        # which may be its replacement), and only while it has the uid it reported with;
+        # without a name, whatever gateway pod runs. If that pod is gone already, the restart
+        # has happened: this operator deleted it and died before recording that, or someone
+        # else removed it. Its replacement is fresh and is kept.
         selector = children.pod_selector(name)
-        pod = (body.get("status") or {}).get("gatewayPod")
+        pod, uid = plan.schedule.failed_pod, plan.schedule.failed_pod_uid
         done = self._idle_deletions()
         self._deleting += 1
         done.clear()
         try:
-            deleted = await self.kube.delete_pods(ns, selector, pod or None)
+            deleted = await self.kube.delete_pods(ns, selector, pod, uid=uid)
         finally:
             self._deleting -= 1
             if not self._deleting:
                 done.set()
-        now = utcnow()
+        now = self.clock()
         lateness = (now - due).total_seconds()
         metrics.RESTART_DELAY.observe(max(0.0, lateness))
         metrics.RESTARTS.labels(plan.restart_reason).inc()

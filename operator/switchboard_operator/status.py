@@ -14,19 +14,16 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from switchboard_contract import GATEWAY_FIELDS, OPERATOR_FIELDS
 from switchboard_operator import conditions as cond
 from switchboard_operator.circuit import Circuit, Event, parse_time
 from switchboard_operator.decide import Plan
 
-GATEWAY_FIELDS = ("state", "attempt", "maxAttempts", "attempts", "lastError", "stateSince",
-                  "gatewayPod", "qqSession")
-OPERATOR_FIELDS = ("conditions", "observedGeneration", "restarts", "consecutiveFailures",
-                   "nextRestartTime", "lastRestartTime", "lastHandledFailure", "appliedHash",
-                   "circuit", "needsAttention")
 # Reasons that need a person (needsAttention at once).
 PERMANENT = {cond.Reason.CREDENTIALS_INVALID, cond.Reason.POLLING_CONFLICT, cond.Reason.BANNED,
              cond.Reason.CONFIGURATION_INVALID, cond.Reason.FAILED, cond.Reason.SECRET_MISSING,
-             cond.Reason.POLICY_VIOLATION}
+             cond.Reason.POLICY_VIOLATION, cond.Reason.APPLY_FAILED,
+             cond.Reason.REPLICA_FAILURE}
 
 
 @dataclasses.dataclass
@@ -38,7 +35,8 @@ class Desired:
 
 def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
             rollout_in_progress: bool, applied_hash: str, now: datetime,
-            policy_violation: str | None = None) -> Desired:
+            policy_violation: str | None = None, apply_failed: str | None = None,
+            replica_failure: str | None = None) -> Desired:
     meta, spec = body["metadata"], body.get("spec") or {}
     status = body.get("status") or {}
     # A superseded report (its pod was restarted or rolled away) is not the gateway's
@@ -46,7 +44,8 @@ def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
     seen = {k: v for k, v in status.items() if not (plan.superseded and k in GATEWAY_FIELDS)}
     inputs = cond.ReadyInputs.from_resource(
         spec, seen, secret_missing=secret_missing, rollout_in_progress=rollout_in_progress,
-        circuit=plan.circuit, policy_violation=policy_violation)
+        circuit=plan.circuit, policy_violation=policy_violation, apply_failed=apply_failed,
+        replica_failure=replica_failure)
     inputs = dataclasses.replace(inputs, next_restart_time=plan.schedule.next_restart)
     value = cond.ready_condition(inputs)
     generation = int(meta.get("generation", 0))
@@ -82,7 +81,7 @@ def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
 def current(status: Mapping[str, Any] | None) -> dict[str, Any]:
     """The operator-owned fields as stored (only our conditions)."""
     status = status or {}
-    out = {k: status[k] for k in OPERATOR_FIELDS if k in status}
+    out: dict[str, Any] = {k: status[k] for k in OPERATOR_FIELDS if k in status}
     if "conditions" in out:
         ours = (cond.READY, cond.RECONCILING, cond.STALLED)
         out["conditions"] = [c for c in out["conditions"] if c.get("type") in ours]

@@ -116,8 +116,11 @@ class Operator:
                 out[key] = float(value)
         return out
 
-    def metric(self, name: str) -> float:
-        return sum(v for k, v in self.metrics().items() if k.split("{")[0] == name)
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples, of those with all of ``labels`` if given."""
+        wanted = [f'{k}="{v}"' for k, v in labels.items()]
+        return sum(v for k, v in self.metrics().items() if k.split("{")[0] == name
+                   and all(w in k for w in wanted))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from switchboard_contract import GATEWAY_FIELDS, OPERATOR_FIELDS, ErrorCode, Field
 from switchboard_operator.circuit import Circuit, CircuitState
 from switchboard_operator.conditions import (
     GATEWAY_STATES,
@@ -92,16 +93,16 @@ BAD_TOKEN = ReadyInputs(
             "qqbot_invalid_credentials",
         ),
         (
-            replace(BAD_TOKEN, error_code="config_invalid"),
+            replace(BAD_TOKEN, error_code="gateway_config_invalid"),
             "False",
             Reason.CONFIGURATION_INVALID,
-            "config_invalid",
+            "gateway_config_invalid",
         ),
         (replace(BAD_TOKEN, error_code="something_new"), "False", Reason.FAILED, "something_new"),
         (replace(BAD_TOKEN, error_code=None), "False", Reason.FAILED, "non-retryable error"),
         (ReadyInputs(gateway_state="disconnected"), "False", Reason.DISCONNECTED, "disconnected"),
         (ReadyInputs(gateway_state="paused"), "Unknown", Reason.UNKNOWN_STATE, "'paused'"),
-        (replace(RETRYING, suspended=True), "False", Reason.SUSPENDED, "scaled to 0"),
+        (replace(RETRYING, suspended=True), "True", Reason.SUSPENDED, "scaled to 0"),
         (
             replace(RETRYING, secret_missing="Secret tg-token not found"),
             "False",
@@ -370,6 +371,19 @@ def test_gateway_states_match_the_crd_enum():
     assert list(GATEWAY_STATES) == _status_schema()["properties"]["state"]["enum"]
 
 
+def test_every_error_code_the_gateway_can_write_has_a_ready_reason():
+    assert set(NON_RETRYABLE_REASONS) == set(ErrorCode)
+    for code in ErrorCode:
+        inputs = replace(BAD_TOKEN, error_code=str(code))
+        assert ready_condition(inputs).reason is NON_RETRYABLE_REASONS[code]
+
+
+def test_the_contract_names_exactly_the_crds_status_fields():
+    assert set(Field) == set(_status_schema()["properties"])
+    assert set(GATEWAY_FIELDS) | set(OPERATOR_FIELDS) == set(Field)
+    assert not set(GATEWAY_FIELDS) & set(OPERATOR_FIELDS)
+
+
 @pytest.mark.parametrize(("status", "reason", "reconciling", "stalled"), [
     ("True", Reason.CONNECTED, "False", "False"),
     ("False", Reason.RETRYING, "True", "False"),
@@ -377,7 +391,7 @@ def test_gateway_states_match_the_crd_enum():
     ("False", Reason.CIRCUIT_OPEN, "False", "True"),
     ("False", Reason.CREDENTIALS_INVALID, "False", "True"),
     ("False", Reason.SECRET_MISSING, "False", "True"),
-    ("False", Reason.SUSPENDED, "False", "False"),
+    ("True", Reason.SUSPENDED, "False", "False"),
     ("Unknown", Reason.UNKNOWN_STATE, "True", "False"),
 ])
 def test_kstatus_conditions_follow_ready(status: str, reason: Reason, reconciling: str,

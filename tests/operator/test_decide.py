@@ -108,3 +108,56 @@ def test_due_time_rounds_up_to_the_second() -> None:
     assert due_time(T0 + timedelta(milliseconds=300), 1, {"initialDelaySeconds": 2}) == \
         T0 + timedelta(seconds=3)
     assert Report.from_status(_fatal()).identity == "p1@2026-01-01T12:00:00Z"
+
+
+def _connected(pod: str = "p1", since: datetime = T0) -> dict[str, Any]:
+    return {"state": "connected", "gatewayPod": pod,
+            "stateSince": since.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def test_backoff_runs_on_the_operators_clock_whatever_the_gateways_says() -> None:
+    """stateSince is the gateway's clock: 90 s behind must not skip the back-off, an hour
+    ahead must not delay it, and a custom image cannot steer its restarts with it."""
+    policy = {"initialDelaySeconds": 30, "maxDelaySeconds": 300}
+    for skew in (timedelta(seconds=-90), timedelta(hours=1), timedelta(0)):
+        plan = decide(_body(_fatal(since=T0 + skew), restartPolicy=policy),
+                      blocked=None, rolled=False, now=T0)
+        assert plan.schedule.next_restart == T0 + timedelta(seconds=30), skew
+        assert plan.schedule.failure_observed_at == T0
+        assert plan.restart_due is None
+
+
+def test_connected_time_for_the_circuit_reset_runs_on_the_operators_clock() -> None:
+    breaker = {"resetAfterConnectedSeconds": 60}
+    failing = _merge({"consecutiveFailures": 2, "circuit": {"state": "closed"}},
+                     _connected(since=T0 - timedelta(hours=1)))  # a gateway an hour behind
+    plan = decide(_body(failing, circuitBreaker=breaker), blocked=None, rolled=False, now=T0)
+    assert plan.circuit.consecutive_failures == 2, "reset after 0 s connected"
+    assert plan.schedule.connected_observed == ("p1@" + failing["stateSince"], T0)
+    assert plan.wake == [T0 + timedelta(seconds=60)]
+    # A minute later (on the operator's clock), the same report: the failures are forgiven.
+    later = _body({**failing, **_persist(plan)}, circuitBreaker=breaker)
+    plan2 = decide(later, blocked=None, rolled=False, now=T0 + timedelta(seconds=60))
+    assert plan2.circuit.consecutive_failures == 0
+    ahead = _merge({"consecutiveFailures": 2, "circuit": {"state": "closed"}},
+                   _connected(since=T0 + timedelta(hours=1)))
+    plan3 = decide(_body(ahead, circuitBreaker=breaker), blocked=None, rolled=False, now=T0)
+    assert plan3.wake == [T0 + timedelta(seconds=60)]  # not an hour later
+
+
+def test_a_report_from_another_pod_supersedes_the_pending_restart_of_the_failed_one() -> None:
+    """p1 failed and its restart is scheduled; p1 was deleted meanwhile and p2 reports: the
+    restart is done (nothing left to delete but p1), never aimed at p2."""
+    body = _body(_fatal(pod="p1", since=T0), restartPolicy={"initialDelaySeconds": 30})
+    plan = decide(body, blocked=None, rolled=False, now=T0)
+    assert plan.schedule.failed_pod == "p1"
+    p2 = {"state": "connecting", "gatewayPod": "p2", "stateSince": "2026-01-01T12:00:05Z"}
+    replaced = _body(_merge(_persist(plan), p2), restartPolicy={"initialDelaySeconds": 30})
+    plan2 = decide(replaced, blocked=None, rolled=False, now=T0 + timedelta(seconds=5))
+    assert plan2.restart_due == T0 + timedelta(seconds=30)  # executed now, not at 30 s
+    assert plan2.schedule.failed_pod == "p1"  # the only pod the restart may delete
+    done = after_restart(plan2, T0 + timedelta(seconds=5))
+    plan3 = decide(_body(_merge(_persist(done), p2)), blocked=None, rolled=False,
+                   now=T0 + timedelta(seconds=6))
+    assert plan3.restart_due is None and plan3.schedule.next_restart is None
+    assert not plan3.superseded  # p2's report is current

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -70,3 +71,34 @@ def test_printer_columns_and_kubectl_wait(kit: Kit, operator: Operator) -> None:
             waiter.wait(5)
     row = kit.cluster.kubectl("get", "pconn", "shown", "-n", kit.ns).stdout.splitlines()[1]
     assert row.split()[:6] == ["shown", "telegram", "connected", "0/10", "0", "True"]
+
+
+def _kstatus(kit: Kit, name: str) -> dict[str, str]:
+    """What Flux's health check (kstatus, the real library: hack/kstatus) says of `name`."""
+    obj = kit.get(name)
+    out = subprocess.run([str(kit.cluster.binaries.kstatus)], input=json.dumps(obj) + "\n",
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return json.loads(out)
+
+
+def test_kstatus_current_when_connected_or_suspended_in_progress_while_retrying(
+        kit: Kit, operator: Operator) -> None:
+    """Flux's `wait: true` must not time out on a suspended connection (at rest as asked)."""
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn("gitops"))
+    wait_for(lambda: kit.deployment("gitops"), 30, "Deployment")
+    gw = kit.gateway_client("gitops")
+    pod = kit.one_pod("gitops").metadata.name
+    kit.report(gw, "gitops", "retrying", pod=pod, attempt=1, code="telegram_network_error",
+               message="refused", retryable=True)
+    kit.wait_ready("gitops", "False", "Retrying")
+    assert _kstatus(kit, "gitops")["status"] == "InProgress"
+    kit.report(gw, "gitops", "connected", pod=pod)
+    kit.wait_ready("gitops", "True", "Connected")
+    assert _kstatus(kit, "gitops")["status"] == "Current"
+
+    kit.patch("gitops", {"spec": {"suspend": True}})
+    kit.wait_ready("gitops", "True", "Suspended")
+    wait_for(lambda: kit.status("gitops").get("observedGeneration")
+             == kit.get("gitops")["metadata"]["generation"], 10, "observedGeneration")
+    assert _kstatus(kit, "gitops") == {"status": "Current", "message": "Resource is Ready"}

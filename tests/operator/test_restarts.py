@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import pytest
 from kubernetes import client
@@ -271,7 +272,7 @@ def test_suspend_scales_to_zero(kit: Kit, operator: Operator) -> None:
     kit.create(telegram_conn("sleepy"))
     wait_for(lambda: kit.deployment("sleepy").spec.replicas == 1, 30, "replicas 1")
     kit.patch("sleepy", {"spec": {"suspend": True}})
-    kit.wait_ready("sleepy", "False", "Suspended")
+    kit.wait_ready("sleepy", "True", "Suspended")
     assert kit.deployment("sleepy").spec.replicas == 0
     st = kit.status("sleepy")
     assert st["observedGeneration"] == kit.get("sleepy")["metadata"]["generation"]
@@ -295,3 +296,58 @@ def test_operator_killed_mid_backoff_resumes_the_same_schedule(
                       "restarts=1")
     assert status["consecutiveFailures"] == 1  # the report was not counted twice
     assert status["lastRestartTime"] >= due
+
+
+def _after(when: str, margin: float = 1.0) -> None:
+    """Wait (on the clock) until ``margin`` seconds after the status time ``when``."""
+    due = parse_time(when).timestamp() + margin
+    wait_for(lambda: time.time() >= due, due - time.time() + 5, f"{when} + {margin}s",
+             interval=0.05)
+
+
+def test_a_replacement_reporting_after_a_failover_is_kept(
+        kit: Kit, start_operator: Callable[..., Operator], pods: PodWatch,
+        conns: ConnWatch) -> None:
+    """The failed pod p1 is deleted while no operator runs, its replacement p2 reports
+    `connecting`, then an operator starts: the restart is recorded (p1 was replaced) and p2 is
+    neither deleted now nor at the old due time."""
+    first = start_operator("first", "--standalone")
+    gw, p1 = _connection(kit, "swap", 4, 8)
+    written = kit.fatal(gw, "swap", p1)
+    due = conns.scheduled("swap", written["status"]["stateSince"])["nextRestartTime"]
+    first.kill()
+    kit.core.delete_namespaced_pod(p1, kit.ns, grace_period_seconds=0)
+    p2 = kit.one_pod("swap", exclude={p1}).metadata.name
+    kit.report(gw, "swap", "connecting", pod=p2)
+
+    start_operator("second", "--standalone")
+    status = wait_for(lambda: (s := kit.status("swap")).get("restarts") == 1 and s, 15,
+                      "the restart recorded")
+    assert "nextRestartTime" not in status and status["consecutiveFailures"] == 1
+    (event,) = kit.events("swap", "GatewayRestarted")
+    assert "already replaced" in event.message
+    _after(due)
+    assert p2 not in pods.deleted
+    assert kit.one_pod("swap").metadata.name == p2
+    ready = kit.ready("swap")
+    assert ready is not None and ready["reason"] == "Connecting", ready
+
+
+@pytest.mark.parametrize("skew", [-90, 3600])
+def test_backoff_ignores_the_gateways_clock(kit: Kit, operator: Operator, pods: PodWatch,
+                                            conns: ConnWatch, skew: int) -> None:
+    """A gateway whose clock is 90 s behind (or an hour ahead) gets the configured back-off,
+    counted on the operator's clock from when it saw the failure."""
+    gw, pod = _connection(kit, "skewed", 3, 6)
+    early_in_a_second()
+    since = datetime.fromtimestamp(time.time() + skew, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    reported = time.time()
+    kit.report(gw, "skewed", "fatal", pod=pod, attempt=10, code="telegram_network_error",
+               message="gave up", retryable=True, since=since)
+    status = conns.scheduled("skewed", since)
+    observed = parse_time(status["failureObservedAt"]).timestamp()
+    assert abs(observed - reported) < 1.5
+    due = parse_time(status["nextRestartTime"]).timestamp()
+    assert due - observed == 3
+    deleted_at = pods.wait_deleted(pod, 15)
+    assert 2.0 <= deleted_at - reported <= 4.5, deleted_at - reported

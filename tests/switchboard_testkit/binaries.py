@@ -18,6 +18,7 @@ class Binaries:
     kube_controller_manager: Path
     kubectl: Path
     helm: Path
+    kstatus: Path  # sigs.k8s.io/cli-utils' status library (hack/kstatus)
 
     @property
     def path_dirs(self) -> list[str]:
@@ -39,4 +40,5 @@ class Binaries:
 
         return cls(etcd=find("etcd"), kube_apiserver=find("kube-apiserver"),
                    kube_controller_manager=find("kube-controller-manager"),
-                   kubectl=find("kubectl"), helm=find("helm"))
+                   kubectl=find("kubectl"), helm=find("helm"),
+                   kstatus=find("kstatus"))
