@@ -39,3 +39,11 @@ def test_no_status_field_name_is_spelled_out_in_the_status_writers():
         spelled = [f"{module}:{line}: {value!r}" for name, line, value in _literals(package)
                    if name == module and value in fields]
         assert not spelled, spelled
+
+
+def test_the_one_backoff_doubles_caps_and_never_overflows():
+    from switchboard_contract.backoff import doubling
+
+    assert [doubling(5, n, 60) for n in (1, 2, 3, 4, 5)] == [5, 10, 20, 40, 60]
+    assert doubling(0.5, 5000, 10) == 10  # 0.5 * 2.0 ** 4999 would raise OverflowError
+    assert doubling(30, 1, 10) == 10

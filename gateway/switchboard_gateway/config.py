@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from switchboard_contract.backoff import doubling
 from switchboard_gateway import redact
 
 PLATFORMS = ("telegram", "qqbot")
@@ -69,7 +70,7 @@ class TelegramReconnect:
     conflict_retries: int = 5
 
     def delay(self, attempt: int) -> float:
-        return min(self.initial_delay * 2 ** (attempt - 1), self.max_delay)
+        return doubling(self.initial_delay, attempt, self.max_delay)
 
     def conflict_delay(self, attempt: int) -> float:
         return min(self.initial_delay * (2 * attempt + 2), self.max_delay)

@@ -39,6 +39,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from switchboard_contract import GATEWAY_FIELDS, GATEWAY_MANAGER, Field
+from switchboard_contract.backoff import doubling
 from switchboard_gateway import metrics
 from switchboard_gateway.adapter import AdapterError, State
 from switchboard_gateway.redact import describe, platform_text
@@ -333,7 +334,7 @@ class StatusReporter:
                 metrics.STATUS_WRITES.labels(result="error").inc()
                 log.warning("status write failed (attempt %d): %s", failures,
                             describe_api_error(exc))
-                retry_at = loop.time() + min(0.5 * 2 ** (failures - 1), self.max_backoff)
+                retry_at = loop.time() + doubling(0.5, failures, self.max_backoff)
                 continue
             failures = 0
             self.writes_ok += 1

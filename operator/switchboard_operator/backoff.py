@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from switchboard_contract.backoff import doubling
+
 DEFAULT_INITIAL_DELAY_SECONDS = 30
 DEFAULT_MAX_DELAY_SECONDS = 300
 
@@ -24,17 +26,9 @@ def restart_delay(
     ``failure`` counts from 1. The delay doubles per failure and is capped at ``max_delay``
     (a ``max_delay`` below ``initial_delay`` caps the first delay too).
     """
-    if failure < 1:
-        raise ValueError(f"failure counts from 1, got {failure}")
     if initial_delay < 1 or max_delay < 1:
         raise ValueError(f"delays must be >= 1 s, got initial={initial_delay} max={max_delay}")
-    delay = initial_delay
-    # Doubling stops at the cap, so a huge failure count costs at most log2(max/initial) steps.
-    for _ in range(failure - 1):
-        if delay >= max_delay:
-            break
-        delay *= 2
-    return min(delay, max_delay)
+    return int(doubling(initial_delay, failure, max_delay))
 
 
 def restart_due_time(

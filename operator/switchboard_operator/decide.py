@@ -99,11 +99,14 @@ def decide(body: Mapping[str, Any], *, blocked: str | None, rolled: bool,
         # first seen (recorded in status, so a new leader goes on timing the same report).
         timed = schedule.connected_observed
         since = timed[1] if timed is not None and timed[0] == report.identity else now
-        schedule.connected_observed = (report.identity, since)
         t = cb.on_connected_for(circuit, policy, now - since)
         circuit = t.state
         events += [e for e in t.effects if isinstance(e, cb.Event)]
         schedule.next_restart = None  # it recovered by itself
+        # Timed only while there are failures to forgive: a healthy connection's reports
+        # cost no status write.
+        timing = circuit.state is not cb.Circuit.CLOSED or bool(circuit.consecutive_failures)
+        schedule.connected_observed = (report.identity, since) if timing else None
         if circuit.state is cb.Circuit.CLOSED and circuit.consecutive_failures:
             wake.append(since + timedelta(seconds=policy.reset_after_connected_seconds))
 

@@ -1,9 +1,10 @@
-"""kopf registrations: watches only (raw events and indexes), settings, login, probes.
+"""kopf registrations: start-up, login, clean-up. kopf runs the operator; it watches nothing.
 
-No handler here writes to the API: kopf's change-detecting handlers (on.create/update/field)
-are deliberately absent, so kopf stores no progress or diff-base annotations and adds no
-finalizer (owner references clean up; deleting a PlatformConnection is instant). All writes are
-the Controller's (reconcile.py).
+kopf's change-detecting handlers (on.create/update/field) are deliberately absent, so kopf
+stores no progress or diff-base annotations and adds no finalizer (owner references clean up;
+deleting a PlatformConnection is instant). Its watches are not used either: they miss deletions
+across a re-list (watch_cache.py); the operator's own list+watch caches (watches.py) feed the
+Controller (reconcile.py), which makes every write.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from switchboard_operator import children, health, kube, metrics
+from switchboard_operator import health, kube, metrics, watches
 from switchboard_operator.leader import LeaderElector
 from switchboard_operator.reconcile import Controller
-from switchboard_operator.secret_watch import SecretWatch
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,10 @@ async def configure(settings: kopf.OperatorSettings, logger: AnyLogger, **_: Any
         raise kopf.PermanentError(exc.strerror) from None
     if runner is not None:
         _runners.append(runner)
-    watch = SecretWatch(CONTROLLER.kube, OPTIONS.namespaces, CONTROLLER.observe_secret)
-    _keep(watch.run())
-    _keep(_when_listed(watch))
+    caches = watches.build(CONTROLLER.kube, CONTROLLER, OPTIONS.namespaces)
+    for watch in caches:
+        _keep(watch.run())
+    _keep(watches.release_when_listed(CONTROLLER, caches))
     if OPTIONS.leader_election:
         elector = LeaderElector(CONTROLLER.kube, OPTIONS.lease_namespace, OPTIONS.lease_name,
                                 OPTIONS.identity, on_started=CONTROLLER.start_leading,
@@ -109,11 +110,6 @@ def _background_done(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.critical("background task crashed: %r; stopping", task.exception())
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-async def _when_listed(watch: SecretWatch) -> None:
-    await watch.synced.wait()
-    CONTROLLER.secrets_listed()
 
 
 @kopf.on.login()
@@ -142,63 +138,4 @@ def _health_report() -> dict[str, Any]:
     return {"leader": CONTROLLER.leading, "connections": len(CONTROLLER.connections)}
 
 
-# -- watches -----------------------------------------------------------------------------------
-# Indexes are filled from the initial listing before kopf runs any other handler, so the cache
-# of Deployments is complete before the first PlatformConnection is reconciled (no needless
-# re-apply of children after an operator restart). Secrets are not watched through kopf
-# (secret_watch.py says why); reconciles wait until they are listed.
-
-MANAGED = {"app.kubernetes.io/managed-by": "switchboard-operator"}
-
-
-@kopf.index("apps", "v1", "deployments", labels=MANAGED)
-async def deployment_index(event: Any = None, body: kopf.Body | None = None, **_: Any) -> None:
-    if body is not None:
-        CONTROLLER.observe_deployment("MODIFIED", dict(body))
-
-
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def deployment_event(event: kopf.RawEvent, **_: Any) -> None:
-    CONTROLLER.observe_deployment(event["type"], event["object"])
-
-
-# The other children: a ServiceAccount, Role or RoleBinding deleted or edited by hand is
-# re-applied at once (watch events only; an idle connection still costs no request). Matched
-# by owner, label or name rather than by our labels, so that removing a label by hand is seen
-# too (kopf filters labels client-side: the watch and its cost are the same).
-
-def _child(name: str, namespace: str | None, labels: kopf.Labels, body: kopf.Body,
-           **_: Any) -> bool:
-    if children.LABEL_CONNECTION in labels:
-        return True
-    if any(ref.get("kind") == children.KIND and ref.get("apiVersion") == children.API_VERSION
-           for ref in body.get("metadata", {}).get("ownerReferences") or []):
-        return True
-    return (name or "").endswith(children.CHILD_SUFFIX) and \
-        (namespace, name.removesuffix(children.CHILD_SUFFIX)) in CONTROLLER.connections
-
-
-def _watch_child(kind: str, group: str, plural: str) -> None:
-    """An index (filled before the first reconcile) plus raw events for one child kind."""
-
-    @kopf.index(group, "v1", plural, when=_child, id=f"{plural}_index")
-    async def index(body: kopf.Body, **_: Any) -> None:
-        CONTROLLER.observe_child(kind, "MODIFIED", dict(body))
-
-    @kopf.on.event(group, "v1", plural, when=_child, id=f"{plural}_event")
-    async def event(event: kopf.RawEvent, **_: Any) -> None:
-        CONTROLLER.observe_child(kind, event["type"], event["object"])
-
-
-for _kind, _group, _plural in (("ServiceAccount", "", "serviceaccounts"),
-                               ("Role", "rbac.authorization.k8s.io", "roles"),
-                               ("RoleBinding", "rbac.authorization.k8s.io", "rolebindings")):
-    _watch_child(_kind, _group, _plural)
-
-
-@kopf.on.event("switchboard.dev", "v1alpha1", "platformconnections")
-async def connection_event(event: kopf.RawEvent, **_: Any) -> None:
-    CONTROLLER.observe_connection(event["type"], event["object"])
-
-
-__all__ = ["CONTROLLER", "OPTIONS", "children"]
+__all__ = ["CONTROLLER", "OPTIONS"]

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from switchboard_contract.backoff import doubling
 from switchboard_operator import children, metrics
 from switchboard_operator import policy as pol
 from switchboard_operator import secrets as sec
@@ -27,7 +28,7 @@ from switchboard_operator import status as st
 from switchboard_operator.circuit import Event, format_time
 from switchboard_operator.conditions import rollout_in_progress
 from switchboard_operator.decide import Plan, after_restart, decide
-from switchboard_operator.kube import ApiError, Kube
+from switchboard_operator.kube import ApiError, Kube, connection_path
 from switchboard_operator.restarts import Clock, Key, Timers, utcnow
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ INVALID = (400, 422)
 # Reconciles in flight at once. Measured: 48 made a burst of 100 due restarts slower than 16
 # (more concurrent TLS connections and apiserver contention on a small control plane).
 MAX_CONCURRENT = 16
-ERROR_BACKOFF = (1, 2, 5, 10, 30, 60)
+# Seconds before retrying a failed reconcile: 1, 2, 4, ... up to 60.
+ERROR_BACKOFF_FIRST, ERROR_BACKOFF_MAX = 1.0, 60.0
 # Longest a reconcile waits for due restarts' pod deletions in flight to finish (seconds).
 DELETIONS_FIRST = 2.0
 # While a connection's Secret is missing or unlabelled, how often its metadata is looked at
@@ -95,9 +97,9 @@ class Controller:
         self.secrets = sec.SecretCache()
         # Referenced Secrets that exist without the credentials label (metadata seen only).
         self.unlabelled: set[Key] = set()
-        # Until the credentials Secrets are listed, a reconcile would see every Secret as
-        # missing and scale gateways to 0: reconciles wait (held) until then.
-        self.secrets_ready = False
+        # Until every watch has listed once, a reconcile would see every Secret as missing
+        # (and scale gateways to 0) or a Deployment as absent: reconciles wait (held).
+        self.caches_ready = False
         self._held: set[Key] = set()
         self.states: dict[Key, str | None] = {}
         self.timers = Timers(self._wake, clock)
@@ -228,9 +230,9 @@ class Controller:
             for key in self.secrets.users(ns, name):
                 self.poke(key)
 
-    def secrets_listed(self) -> None:
-        """Every served scope's credentials Secrets are listed: held reconciles run."""
-        self.secrets_ready = True
+    def caches_listed(self) -> None:
+        """Every watch has listed its objects: held reconciles run."""
+        self.caches_ready = True
         held, self._held = self._held, set()
         for key in held:
             self.poke(key)
@@ -255,7 +257,7 @@ class Controller:
         """Reconcile ``key`` soon; coalesces with a running reconcile of the same key."""
         if not self.leading or self.kube is None:
             return
-        if not self.secrets_ready:
+        if not self.caches_ready:
             self._held.add(key)
             return
         if key in self._running:
@@ -288,7 +290,7 @@ class Controller:
         at once, and the reconciles (status writes, Events) follow."""
         if not self.leading or self.kube is None:
             return
-        if not self.secrets_ready:
+        if not self.caches_ready:
             self._held.add(key)
             return
         body = self.connections.get(key)
@@ -337,20 +339,46 @@ class Controller:
         try:
             await self.reconcile(key)
             self._errors.pop(key, None)
-        except (TimeoutError, ApiError, aiohttp.ClientError) as exc:
+        except ApiError as exc:
+            if exc.status in (404, 409) and key in self.connections:
+                # Gone, or replaced by a new object of the same name (the status write's uid
+                # precondition): the cache may be stale. Ask the API, not the watch.
+                with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError):
+                    await self._refresh_connection(key)
+            self._failed(key, exc)
+        except (TimeoutError, aiohttp.ClientError) as exc:
             self._failed(key, exc)
         except Exception as exc:
             log.exception("reconcile of %s/%s crashed", *key)
             self._failed(key, exc)
+
+    async def _refresh_connection(self, key: Key) -> None:
+        """Replace the cached connection with the API's (or forget it if the API has none)."""
+        assert self.kube is not None
+        try:
+            fresh = await self.kube.request("GET", connection_path(*key))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            log.info("%s/%s: gone from the API although cached: forgotten", *key)
+            self.observe_connection("DELETED", {"metadata": {"namespace": key[0],
+                                                             "name": key[1]}})
+            return
+        cached = self.connections.get(key) or {}
+        if fresh["metadata"].get("uid") != (cached.get("metadata") or {}).get("uid"):
+            self.observe_connection("DELETED", cached or {"metadata": fresh["metadata"]})
+            self.observe_connection("MODIFIED", fresh)
+        elif _rv(fresh) > _rv(cached):
+            self.observe_connection("MODIFIED", fresh)
 
     def _failed(self, key: Key, exc: BaseException) -> None:
         metrics.RECONCILE_ERRORS.inc()
         if isinstance(exc, ApiError) and exc.status in (404, 409) \
                 and key not in self.connections:
             return  # deleted meanwhile
-        n = self._errors.get(key, 0)
-        self._errors[key] = n + 1
-        delay = ERROR_BACKOFF[min(n, len(ERROR_BACKOFF) - 1)]
+        n = self._errors.get(key, 0) + 1
+        self._errors[key] = n
+        delay = doubling(ERROR_BACKOFF_FIRST, n, ERROR_BACKOFF_MAX)
         log.warning("reconcile of %s/%s failed (retry in %ss): %s", *key, delay, exc)
         old = self._retry.pop(key, None)
         if old is not None:

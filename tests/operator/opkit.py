@@ -104,6 +104,21 @@ class Operator:
         except OSError:
             return False
 
+    def health(self) -> dict[str, Any]:
+        """The /healthz report (leader, connections cached)."""
+        with urllib.request.urlopen(
+                f"http://{self.addresses[0]}:{self.health_port}/healthz", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def pause(self) -> None:
+        """SIGSTOP: the process holds its connections but reads and sends nothing."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def metrics(self, address: str | None = None) -> dict[str, float]:
         with urllib.request.urlopen(
                 f"http://{address or self.addresses[0]}:{self.metrics_port}/metrics",

@@ -131,6 +131,8 @@ class ControlPlane:
         self.kubeconfig = self.workdir / "kubeconfig"
         self.state: State | None = None
         self.timings: dict[str, float] = {}
+        self._apiserver_argv: list[str] = []
+        self._ready_ctx: ssl.SSLContext | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -174,7 +176,7 @@ class ControlPlane:
         tokens.chmod(0o600)
 
         t1 = time.monotonic()
-        self._spawn("kube-apiserver", [
+        self._apiserver_argv = [
             str(self.bin.kube_apiserver),
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
@@ -197,7 +199,9 @@ class ControlPlane:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={proxy.cert}", f"--proxy-client-key-file={proxy.key}",
             "--allow-privileged=true", "--profiling=false", "--event-ttl=1h",
-        ])
+        ]
+        self._spawn("kube-apiserver", self._apiserver_argv)
+        self._ready_ctx = _client_ssl(ca.cert_path, admin)
         self._write_kubeconfig(self.kubeconfig, server, ca.cert_path, admin, "admin")
         self._write_kubeconfig(self.workdir / "controller-manager.kubeconfig", server,
                                ca.cert_path, kcm, "controller-manager")
@@ -231,6 +235,16 @@ class ControlPlane:
     def stop(self) -> None:
         state = self.state or State.load(self.workdir)
         stop_all(state)
+
+    def restart_apiserver(self, timeout: float = 60.0) -> None:
+        """Stop kube-apiserver (by PID) and start it again with the same flags, on the same
+        port: every watch ends, and the new watch cache starts from the current revision (a
+        watch resumed from an older resourceVersion gets 410 Gone)."""
+        assert self.state is not None
+        stop_pid(self.state.pids["kube-apiserver"], grace=1.0)  # a crash, nearly
+        self._spawn("kube-apiserver", self._apiserver_argv)
+        wait_for(lambda: _http_ok(f"{self.state.server}/readyz", self._ready_ctx), timeout,
+                 "kube-apiserver /readyz after a restart")
 
     def memory_mib(self) -> dict[str, float]:
         assert self.state
