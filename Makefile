@@ -26,13 +26,14 @@ venv: $(VENV)/.installed ## create .venv with the project and its dev tools
 binaries: ## build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached)
 	@bash hack/build-binaries.sh >/dev/null
 
-test: venv binaries ## run the whole test suite (starts its own control plane)
+test: venv binaries ## ruff, mypy, then the whole test suite (starts its own control plane)
 	$(BIN)/ruff check .
+	$(BIN)/mypy operator/switchboard_operator gateway/switchboard_gateway contract/switchboard_contract
 	$(BIN)/pytest
 
 lint: venv ## ruff and mypy
 	$(BIN)/ruff check .
-	$(BIN)/mypy operator/switchboard_operator gateway/switchboard_gateway
+	$(BIN)/mypy operator/switchboard_operator gateway/switchboard_gateway contract/switchboard_contract
 
 cluster-up: venv binaries ## start etcd, kube-apiserver, kube-controller-manager and the local node
 	$(BIN)/switchboard-devcluster up --workdir $(CLUSTER_DIR)

@@ -75,7 +75,11 @@ async def configure(settings: kopf.OperatorSettings, logger: AnyLogger, **_: Any
     info = kopf.login_via_client(logger=logger, settings=settings)
     if not isinstance(info, kopf.ConnectionInfo):
         raise kopf.PermanentError("no Kubernetes credentials (kubeconfig or in-cluster)")
-    CONTROLLER.kube = kube.Kube(info)
+    def relogin() -> kopf.ConnectionInfo | None:
+        fresh = kopf.login_via_client(logger=logger, settings=settings)
+        return fresh if isinstance(fresh, kopf.ConnectionInfo) else None
+
+    CONTROLLER.kube = kube.Kube(info, login=relogin)
     try:
         runner = await health.serve(OPTIONS.health_port, OPTIONS.health_addresses,
                                     _health_report)

@@ -8,11 +8,12 @@ the operator makes goes through this client, so each one is deliberate and count
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -42,6 +43,10 @@ _PATHS = {
     ("coordination.k8s.io/v1", "Lease"):
         "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
 }
+
+
+# How long a session replaced by new credentials lives on (longer than a watch request).
+RETIRED_SESSION_SECONDS = 360
 
 
 class ApiError(Exception):
@@ -101,25 +106,60 @@ def session_for(info: kopf.ConnectionInfo, component: str) -> aiohttp.ClientSess
 class Kube:
     """The operator's writer: server-side apply, status apply, pod deletion, Events, Leases."""
 
-    def __init__(self, info: kopf.ConnectionInfo) -> None:
+    def __init__(self, info: kopf.ConnectionInfo,
+                 login: Callable[[], kopf.ConnectionInfo | None] | None = None) -> None:
         self.server = info.server.rstrip("/")
         self.session = session_for(info, "operator")
+        # How to get fresh credentials: projected ServiceAccount tokens rotate, exec plugins
+        # (EKS, GKE) hand out tokens of minutes. Called on a 401, as client-go does.
+        self._login = login
+        self.logins = 0
+        self._retired: set[asyncio.Task[None]] = set()
+
+    async def _relogin(self) -> bool:
+        """New credentials after a 401 (the kubeconfig or token file is read again)."""
+        if self._login is None:
+            return False
+        info = await asyncio.to_thread(self._login)
+        if info is None:
+            return False
+        old, self.session = self.session, session_for(info, "operator")
+        self.server = info.server.rstrip("/")
+        self.logins += 1
+        log.info("API credentials refreshed after a 401")
+        # Watches still stream on the old session (authenticated when they began): it is
+        # closed once they have ended by themselves.
+        self._retired.add(asyncio.get_running_loop().create_task(self._close_later(old)))
+        return True
+
+    async def _close_later(self, session: aiohttp.ClientSession) -> None:
+        try:
+            await asyncio.sleep(RETIRED_SESSION_SECONDS)
+        finally:
+            await session.close()
 
     async def close(self) -> None:
+        for task in self._retired:
+            task.cancel()
         await self.session.close()
 
     async def request(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
                       body: Any = None, content_type: str = "application/json",
                       ok: tuple[int, ...] = (200, 201, 202),
                       accept: str = "application/json") -> dict[str, Any]:
-        url = self.server + path + (f"?{urlencode(query)}" if query else "")
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type, "Accept": accept}
-        async with self.session.request(method, url, data=data, headers=headers) as resp:
-            text = await resp.text()
-            if resp.status not in ok:
-                raise ApiError(resp.status, text, f"{method} {path}")
+        for attempt in (1, 2):
+            url = self.server + path + (f"?{urlencode(query)}" if query else "")
+            async with self.session.request(method, url, data=data, headers=headers) as resp:
+                text = await resp.text()
+                status = resp.status
+            if status == 401 and attempt == 1 and await self._relogin():
+                continue
+            if status not in ok:
+                raise ApiError(status, text, f"{method} {path}")
             return json.loads(text) if text else {}
+        raise AssertionError("unreachable")
 
     async def metadata(self, path: str) -> dict[str, Any] | None:
         """An object's metadata only (PartialObjectMetadata: no data, no spec); None if
@@ -141,6 +181,8 @@ class Kube:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=idle)
         async with self.session.get(url, headers={"Accept": "application/json"},
                                     timeout=timeout) as resp:
+            if resp.status == 401:
+                await self._relogin()  # the caller's retry uses the new credentials
             if resp.status != 200:
                 raise ApiError(resp.status, await resp.text(), f"WATCH {path}")
             partial: list[bytes] = []  # the current line so far (no quadratic joins)
