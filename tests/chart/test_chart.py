@@ -7,6 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
 import yaml
 
 from switchboard_testkit.binaries import REPO
@@ -72,6 +73,15 @@ def test_namespaced_mode_binds_only_listed_namespaces(cluster: Cluster) -> None:
     deploy = next(d for d in docs if d["kind"] == "Deployment")
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--all-namespaces" not in args
+
+
+@pytest.mark.parametrize("replicas", ["1", "3"])
+def test_the_operator_elects_a_leader_at_every_replica_count(cluster: Cluster,
+                                                              replicas: str) -> None:
+    deploy = next(d for d in rendered(cluster, "--set", f"replicaCount={replicas}")
+                  if d["kind"] == "Deployment")
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--peering" in args and "--standalone" not in args, args
 
 
 def test_operator_pod_is_restricted(cluster: Cluster) -> None:
