@@ -28,12 +28,12 @@ binaries: ## build etcd, kube-apiserver, kube-controller-manager, kubectl, helm 
 
 test: venv binaries ## ruff, mypy, then the whole test suite (starts its own control plane)
 	$(BIN)/ruff check .
-	$(BIN)/mypy operator/switchboard_operator gateway/switchboard_gateway contract/switchboard_contract
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: venv ## ruff and mypy
 	$(BIN)/ruff check .
-	$(BIN)/mypy operator/switchboard_operator gateway/switchboard_gateway contract/switchboard_contract
+	$(BIN)/mypy
 
 cluster-up: venv binaries ## start etcd, kube-apiserver, kube-controller-manager and the local node
 	$(BIN)/switchboard-devcluster up --workdir $(CLUSTER_DIR)

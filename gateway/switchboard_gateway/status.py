@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from switchboard_contract import GATEWAY_FIELDS, GATEWAY_MANAGER, Field
 from switchboard_contract.backoff import doubling
@@ -67,9 +67,11 @@ def load_api_client() -> client.ApiClient:
     configuration = client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(
             "/var/run/secrets/kubernetes.io/serviceaccount/token"):
-        config.load_incluster_config(client_configuration=configuration)
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration)
     else:
-        config.load_kube_config(client_configuration=configuration)
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration)
     return client.ApiClient(configuration)
 
 
