@@ -62,6 +62,7 @@ MAX_TEXT = 4096  # Bot API limit of one message
 ALLOWED_UPDATES = ["message"]
 REMEMBERED_REPLIES = 1000
 
+# Short local names for the contract's codes this adapter reports (the values live only there).
 NETWORK_ERROR = ErrorCode.TELEGRAM_NETWORK_ERROR
 INVALID_TOKEN = ErrorCode.TELEGRAM_INVALID_TOKEN
 POLLING_CONFLICT = ErrorCode.TELEGRAM_POLLING_CONFLICT

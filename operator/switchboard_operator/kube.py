@@ -149,17 +149,19 @@ class Kube:
                       accept: str = "application/json") -> dict[str, Any]:
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type, "Accept": accept}
-        for attempt in (1, 2):
-            url = self.server + path + (f"?{urlencode(query)}" if query else "")
-            async with self.session.request(method, url, data=data, headers=headers) as resp:
-                text = await resp.text()
-                status = resp.status
-            if status == 401 and attempt == 1 and await self._relogin():
-                continue
-            if status not in ok:
-                raise ApiError(status, text, f"{method} {path}")
-            return json.loads(text) if text else {}
-        raise AssertionError("unreachable")
+        suffix = path + (f"?{urlencode(query)}" if query else "")
+
+        async def send() -> tuple[int, str]:
+            async with self.session.request(method, self.server + suffix, data=data,
+                                            headers=headers) as resp:
+                return resp.status, await resp.text()
+
+        status, text = await send()
+        if status == 401 and await self._relogin():
+            status, text = await send()  # once, with the fresh credentials
+        if status not in ok:
+            raise ApiError(status, text, f"{method} {path}")
+        return json.loads(text) if text else {}
 
     async def metadata(self, path: str) -> dict[str, Any] | None:
         """An object's metadata only (PartialObjectMetadata: no data, no spec); None if

@@ -15,7 +15,7 @@ from typing import Any
 
 Key = tuple[str, str]  # (namespace, name)
 
-# The operator reads only Secrets that carry this label (secret_watch.py): an unrelated Secret
+# The operator reads only Secrets that carry this label (watches.py): an unrelated Secret
 # never reaches its memory, and a user decides which Secrets a connection may use.
 CREDENTIALS_LABEL = "switchboard.dev/credentials"
 CREDENTIALS_VALUE = "true"
