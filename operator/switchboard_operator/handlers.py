@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from switchboard_operator import health, kube, metrics, watches
+from switchboard_operator import health, kube, leader, metrics, watches
 from switchboard_operator.leader import LeaderElector
 from switchboard_operator.reconcile import Controller
 
@@ -39,6 +39,9 @@ class Options:
     leader_election: bool = True
     lease_namespace: str = "default"
     lease_name: str = "switchboard-operator"
+    lease_seconds: int = leader.LEASE_SECONDS
+    renew_deadline: float = leader.RENEW_DEADLINE
+    retry_seconds: float = leader.RETRY_SECONDS
     identity: str = field(default_factory=lambda: default_identity())
     health_port: int = 0
     namespaces: list[str] = field(default_factory=list)  # empty: all
@@ -79,7 +82,7 @@ async def configure(settings: kopf.OperatorSettings, logger: AnyLogger, **_: Any
         fresh = kopf.login_via_client(logger=logger, settings=settings)
         return fresh if isinstance(fresh, kopf.ConnectionInfo) else None
 
-    CONTROLLER.kube = kube.Kube(info, login=relogin)
+    CONTROLLER.kube = kube.Kube(info, login=relogin, identity=OPTIONS.identity)
     try:
         runner = await health.serve(OPTIONS.health_port, OPTIONS.health_addresses,
                                     _health_report)
@@ -94,7 +97,12 @@ async def configure(settings: kopf.OperatorSettings, logger: AnyLogger, **_: Any
     if OPTIONS.leader_election:
         elector = LeaderElector(CONTROLLER.kube, OPTIONS.lease_namespace, OPTIONS.lease_name,
                                 OPTIONS.identity, on_started=CONTROLLER.start_leading,
-                                on_stopped=CONTROLLER.stop_leading)
+                                on_stopped=CONTROLLER.stop_leading,
+                                lease_seconds=OPTIONS.lease_seconds,
+                                renew_deadline=OPTIONS.renew_deadline,
+                                retry_seconds=OPTIONS.retry_seconds)
+        CONTROLLER.kube.fence = elector.remaining
+        CONTROLLER.kube.fence_exempt = (elector.path, elector.path.rsplit("/", 1)[0])
         _keep(elector.run())
     else:
         metrics.LEADER.set(1)

@@ -45,8 +45,14 @@ _PATHS = {
 }
 
 
+# Longest any request but a watch may take (seconds).
+SESSION_TIMEOUT = 30.0
 # How long a session replaced by new credentials lives on (longer than a watch request).
 RETIRED_SESSION_SECONDS = 360
+
+
+class NotLeading(Exception):
+    """A write refused by the client itself: this replica may no longer act (leader.py)."""
 
 
 class ApiError(Exception):
@@ -93,13 +99,17 @@ def tracing(component: str) -> aiohttp.TraceConfig:
     return trace
 
 
-def session_for(info: kopf.ConnectionInfo, component: str) -> aiohttp.ClientSession:
+def session_for(info: kopf.ConnectionInfo, component: str,
+                identity: str = "") -> aiohttp.ClientSession:
+    """A session whose User-Agent names the component and the replica (as the API server's
+    audit log shows it: which replica wrote what)."""
     ctx: ssl.SSLContext = info.as_ssl_context()
+    agent = f"{USER_AGENT}/{component}" + (f" ({identity})" if identity else "")
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=ctx, limit=64),
-        headers={**info.as_http_headers(), "User-Agent": f"{USER_AGENT}/{component}"},
+        headers={**info.as_http_headers(), "User-Agent": agent},
         trace_configs=[tracing(component)],
-        timeout=aiohttp.ClientTimeout(total=30),
+        timeout=aiohttp.ClientTimeout(total=SESSION_TIMEOUT),
     )
 
 
@@ -107,14 +117,23 @@ class Kube:
     """The operator's writer: server-side apply, status apply, pod deletion, Events, Leases."""
 
     def __init__(self, info: kopf.ConnectionInfo,
-                 login: Callable[[], kopf.ConnectionInfo | None] | None = None) -> None:
+                 login: Callable[[], kopf.ConnectionInfo | None] | None = None,
+                 identity: str = "") -> None:
         self.server = info.server.rstrip("/")
-        self.session = session_for(info, "operator")
+        self.identity = identity
+        self.session = session_for(info, "operator", identity)
         # How to get fresh credentials: projected ServiceAccount tokens rotate, exec plugins
         # (EKS, GKE) hand out tokens of minutes. Called on a 401, as client-go does.
         self._login = login
         self.logins = 0
         self._retired: set[asyncio.Task[None]] = set()
+        # Leader election's fence: seconds this replica may still act (leader.py). Every write
+        # but the Lease's own is refused at 0 and bounded by it, so no write is sent, or keeps
+        # waiting for an answer, once another replica may have taken over.
+        self.fence: Callable[[], float] | None = None
+        # The Lease's paths (its own and its collection's, to create it): renewing it is how
+        # the fence moves on.
+        self.fence_exempt: tuple[str, ...] = ()
 
     async def _relogin(self) -> bool:
         """New credentials after a 401 (the kubeconfig or token file is read again)."""
@@ -123,7 +142,7 @@ class Kube:
         info = await asyncio.to_thread(self._login)
         if info is None:
             return False
-        old, self.session = self.session, session_for(info, "operator")
+        old, self.session = self.session, session_for(info, "operator", self.identity)
         self.server = info.server.rstrip("/")
         self.logins += 1
         log.info("API credentials refreshed after a 401")
@@ -152,8 +171,15 @@ class Kube:
         suffix = path + (f"?{urlencode(query)}" if query else "")
 
         async def send() -> tuple[int, str]:
+            timeout = self.session.timeout  # the session's (None would mean none at all)
+            if method != "GET" and self.fence is not None \
+                    and path not in self.fence_exempt:
+                left = self.fence()
+                if left <= 0:
+                    raise NotLeading(f"{method} {path}: not the leader")
+                timeout = aiohttp.ClientTimeout(total=min(left, SESSION_TIMEOUT))
             async with self.session.request(method, self.server + suffix, data=data,
-                                            headers=headers) as resp:
+                                            headers=headers, timeout=timeout) as resp:
                 return resp.status, await resp.text()
 
         status, text = await send()

@@ -9,6 +9,14 @@ from the state in the API (status holds the whole schedule), so a fail-over resu
 
 Expiry is judged by the local monotonic clock from when this replica last saw the record
 change (like client-go), never by comparing renewTime with the local wall clock.
+
+Stepping down is bounded (client-go's renew deadline): each renewal may take only what is left
+of the deadline, and past it the leader stops leading, which cancels every reconcile, pod
+deletion, Event and timer in flight (reconcile.Controller.stop_leading). Writes are fenced as
+well: the API client sends none once remaining() is 0 and bounds each one by it, so a task the
+cancellation has not reached yet, or a process resumed after a pause, cannot act.
+What no lease can prevent (client-go's neither): a write sent in time and then held in the
+network for longer than lease - deadline may still land late.
 """
 
 from __future__ import annotations
@@ -25,6 +33,10 @@ from switchboard_operator.kube import ApiError, Kube, object_path
 
 log = logging.getLogger(__name__)
 
+# controller-runtime's defaults: a replica that has not renewed within the renew deadline stops
+# acting, at least lease - deadline (5 s) before another may take the expired Lease over.
+LEASE_SECONDS, RENEW_DEADLINE, RETRY_SECONDS = 15, 10.0, 2.0
+
 
 def _now_micro() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -32,39 +44,66 @@ def _now_micro() -> str:
 
 class LeaderElector:
     def __init__(self, kube: Kube, namespace: str, name: str, identity: str, *,
-                 lease_seconds: int = 15, renew_seconds: float = 5.0,
-                 retry_seconds: float = 2.0,
-                 on_started: Callable[[], None], on_stopped: Callable[[], None]) -> None:
+                 lease_seconds: int = LEASE_SECONDS, renew_deadline: float = RENEW_DEADLINE,
+                 retry_seconds: float = RETRY_SECONDS,
+                 on_started: Callable[[], None], on_stopped: Callable[[], None],
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        if not 0 < retry_seconds < renew_deadline < lease_seconds:
+            raise ValueError("need 0 < retry period < renew deadline < lease duration")
         self.kube, self.namespace, self.name, self.identity = kube, namespace, name, identity
-        self.lease_seconds, self.renew, self.retry = lease_seconds, renew_seconds, retry_seconds
+        self.lease_seconds, self.renew_deadline = lease_seconds, renew_deadline
+        self.retry = retry_seconds
+        self.monotonic = monotonic
         self.on_started, self.on_stopped = on_started, on_stopped
         self.leading = False
         self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
         self._observed_at = 0.0
-        self._last_renew = 0.0
+        self._valid_until = 0.0  # monotonic time until which this replica may act
         self._mine: dict[str, Any] | None = None  # our lease as last written (for cheap renew)
 
     @property
     def path(self) -> str:
         return object_path("coordination.k8s.io/v1", "Lease", self.namespace, self.name)
 
+    def remaining(self) -> float:
+        """Seconds this replica may still act as leader (0 when it is not leading). The
+        operator's API client checks it before every write and bounds each write by it."""
+        if not self.leading:
+            return 0.0
+        return max(0.0, self._valid_until - self.monotonic())
+
     async def run(self) -> None:
         try:
             while True:
+                started = self.monotonic()
+                # Every attempt is bounded: while leading, by what is left of the renew
+                # deadline (so a hanging renewal cannot keep a stale leader acting); else by
+                # the renew deadline itself.
+                budget = self._valid_until - started if self.leading else self.renew_deadline
                 try:
-                    ok = await self._try_acquire_or_renew()
+                    ok = await asyncio.wait_for(self._try_acquire_or_renew(),
+                                                max(0.001, budget))
+                except TimeoutError:
+                    log.warning("lease %s/%s: no answer within %.1fs", self.namespace,
+                                self.name, budget)
+                    ok = False
                 except Exception as exc:  # the API may be unreachable; keep trying
                     log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
                     ok = False
-                now = time.monotonic()
                 if ok:
-                    self._last_renew = now
+                    # Measured from before the request was sent: the API server accepted it
+                    # no earlier, so another replica's lease-duration wait starts later still.
+                    self._valid_until = started + self.renew_deadline
                     if not self.leading:
                         self._set(True)
-                elif self.leading and now - self._last_renew > self.lease_seconds * 2 / 3:
-                    # Could not renew in time: step down before another replica may take over.
+                elif self.leading and self.monotonic() >= self._valid_until:
+                    # Not renewed within the deadline: step down (the controller cancels
+                    # everything in flight) before another replica may take over.
                     self._set(False)
-                await asyncio.sleep(self.renew if self.leading else self.retry)
+                pause = self.retry
+                if self.leading:
+                    pause = min(pause, max(0.0, self._valid_until - self.monotonic()))
+                await asyncio.sleep(pause)
         finally:
             if self.leading:
                 self._set(False)
@@ -116,7 +155,7 @@ class LeaderElector:
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         record = (holder, spec.get("renewTime") or "")
-        now = time.monotonic()
+        now = self.monotonic()
         if record != self._observed:
             self._observed, self._observed_at = record, now
         duration = int(spec.get("leaseDurationSeconds") or self.lease_seconds)

@@ -10,6 +10,7 @@ import sys
 import kopf
 
 from switchboard_operator import __version__, metrics
+from switchboard_operator.leader import LEASE_SECONDS, RENEW_DEADLINE, RETRY_SECONDS
 from switchboard_operator.policy import Policy, PolicyError
 
 
@@ -45,6 +46,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "else the first --namespace, else 'default')")
     p.add_argument("--lease-name", default="switchboard-operator",
                    help="name of the leader-election Lease (default switchboard-operator)")
+    p.add_argument("--lease-duration", type=int, default=LEASE_SECONDS, metavar="SECONDS",
+                   help="how long another replica waits for an unrenewed Lease before taking "
+                        f"over (default {LEASE_SECONDS})")
+    p.add_argument("--renew-deadline", type=float, default=RENEW_DEADLINE, metavar="SECONDS",
+                   help="the leader stops acting when it has not renewed for this long; "
+                        f"less than --lease-duration (default {RENEW_DEADLINE:g})")
+    p.add_argument("--retry-period", type=float, default=RETRY_SECONDS, metavar="SECONDS",
+                   help=f"how often the Lease is renewed or tried (default {RETRY_SECONDS:g})")
     p.add_argument("--identity", default=None,
                    help="identity of this replica, in the Lease and in kopf (default: "
                         "$POD_NAME, else hostname-pid-random)")
@@ -57,7 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "tolerations or nodeSelector; env SWITCHBOARD_POLICY)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0 < args.retry_period < args.renew_deadline < args.lease_duration:
+        p.error("need 0 < --retry-period < --renew-deadline < --lease-duration")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,6 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     handlers.OPTIONS.lease_namespace = args.lease_namespace or (
         literal[0] if literal else "default")
     handlers.OPTIONS.lease_name = args.lease_name
+    handlers.OPTIONS.lease_seconds = args.lease_duration
+    handlers.OPTIONS.renew_deadline = args.renew_deadline
+    handlers.OPTIONS.retry_seconds = args.retry_period
     if args.identity:
         handlers.OPTIONS.identity = args.identity
     try:

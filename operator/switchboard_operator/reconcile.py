@@ -28,7 +28,7 @@ from switchboard_operator import status as st
 from switchboard_operator.circuit import Event, format_time
 from switchboard_operator.conditions import rollout_in_progress
 from switchboard_operator.decide import Plan, after_restart, decide
-from switchboard_operator.kube import ApiError, Kube, connection_path
+from switchboard_operator.kube import ApiError, Kube, NotLeading, connection_path
 from switchboard_operator.restarts import Clock, Key, Timers, utcnow
 
 log = logging.getLogger(__name__)
@@ -245,11 +245,17 @@ class Controller:
             self.poke(key)
 
     def stop_leading(self) -> None:
+        """Stop acting at once: timers, retries and every task in flight (reconciles, pod
+        deletions, Events) are cancelled; a new leader takes over from the state in the API."""
         self.leading = False
         self.timers.cancel_all()
         for handle in self._retry.values():
             handle.cancel()
         self._retry.clear()
+        self._dirty.clear()
+        self._restarts.clear()
+        for task in list(self._tasks):
+            task.cancel()
 
     # -- scheduling of reconciles --------------------------------------------------------------
 
@@ -339,6 +345,8 @@ class Controller:
         try:
             await self.reconcile(key)
             self._errors.pop(key, None)
+        except NotLeading:
+            return  # stepped down meanwhile: the new leader does it
         except ApiError as exc:
             if exc.status in (404, 409) and key in self.connections:
                 # Gone, or replaced by a new object of the same name (the status write's uid

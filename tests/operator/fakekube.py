@@ -4,6 +4,7 @@ control plane too (test_caches.py, test_apply_failures.py, test_restarts.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import Mapping
@@ -27,14 +28,22 @@ class FakeKube:
         self.calls: list[tuple[str, str]] = []
         self.events: list[tuple[str, str, str]] = []
         self.fail: dict[str, ApiError] = {}  # method -> error to raise
+        self.hang: set[str] = set()  # methods that never answer (a stalled API server)
+        self.hanging = 0  # calls waiting in a hang right now
 
-    def _maybe_fail(self, method: str, what: str) -> None:
+    async def _maybe_fail(self, method: str, what: str) -> None:
         self.calls.append((method, what))
+        if method in self.hang:
+            self.hanging += 1
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self.hanging -= 1
         if method in self.fail:
             raise self.fail[method]
 
     async def request(self, method: str, path: str, **_: Any) -> dict[str, Any]:
-        self._maybe_fail(f"request {method}", path)
+        await self._maybe_fail(f"request {method}", path)
         parts = path.strip("/").split("/")
         key = ("PlatformConnection", parts[-3], parts[-1])
         if key not in self.objects:
@@ -42,12 +51,12 @@ class FakeKube:
         return self.objects[key]
 
     async def metadata(self, path: str) -> dict[str, Any] | None:
-        self._maybe_fail("metadata", path)
+        await self._maybe_fail("metadata", path)
         return None
 
     async def apply_or_recreate(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
-        self._maybe_fail("apply", f"{manifest['kind']} {meta['name']}")
+        await self._maybe_fail("apply", f"{manifest['kind']} {meta['name']}")
         obj = {**manifest, "metadata": {**meta, "uid": f"uid-{meta['name']}",
                                        "resourceVersion": str(next(_rv)), "generation": 1}}
         self.objects[(manifest["kind"], meta["namespace"], meta["name"])] = obj
@@ -55,7 +64,7 @@ class FakeKube:
 
     async def apply_status(self, namespace: str, name: str, uid: str,
                            status: Mapping[str, Any]) -> dict[str, Any]:
-        self._maybe_fail("apply_status", name)
+        await self._maybe_fail("apply_status", name)
         obj = self.objects.get(("PlatformConnection", namespace, name))
         if obj is None:
             raise not_found(name)
@@ -65,16 +74,17 @@ class FakeKube:
         return obj
 
     async def scale(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
-        self._maybe_fail("scale", name)
+        await self._maybe_fail("scale", name)
         return self.objects[("Deployment", namespace, name)]
 
     async def delete_pods(self, namespace: str, selector: Mapping[str, str],
                           name: str | None = None, *, uid: str | None = None) -> list[str]:
-        self._maybe_fail("delete_pods", name or "")
+        await self._maybe_fail("delete_pods", name or "")
         return [name] if name else []
 
     async def post_event(self, involved: Mapping[str, Any], type_: str, reason: str,
                          message: str) -> None:
+        await self._maybe_fail("post_event", reason)
         self.events.append((type_, reason, message))
 
     async def close(self) -> None:
