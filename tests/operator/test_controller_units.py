@@ -31,7 +31,7 @@ def _controller(kube: FakeKube) -> Controller:
 async def _settle(controller: Controller) -> None:
     for _ in range(50):
         await asyncio.sleep(0)
-        if not controller._running and not [t for t in controller._tasks if not t.done()]:
+        if controller.queue.idle():
             return
 
 
@@ -45,7 +45,7 @@ async def test_a_status_write_404_for_a_connection_the_api_no_longer_has_forgets
     assert ("request GET", "/apis/switchboard.dev/v1alpha1/namespaces/n/"
             "platformconnections/c") in kube.calls
     assert ("n", "c") not in controller.connections
-    assert not controller._retry and not controller._errors  # not retried forever
+    assert not controller.queue.pending(("n", "c"))  # not retried forever
     await controller.close()
 
 

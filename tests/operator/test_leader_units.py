@@ -159,6 +159,6 @@ async def test_stepping_down_cancels_the_reconciles_in_flight() -> None:
     controller.stop_leading()
     await _settle(controller)
     assert kube.hanging == 0  # the apply was cancelled, not left to land
-    assert not controller._running and not [t for t in controller._tasks if not t.done()]
+    assert controller.queue.idle()
     assert ("apply_status", "c") not in kube.calls
     await controller.close()

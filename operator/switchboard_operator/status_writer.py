@@ -1,0 +1,49 @@
+"""Writes the operator's part of a connection's status, and the Events of a reconcile.
+
+status.py computes the fields (pure); this module writes them with server-side apply only
+when they differ from what is stored (an idle connection costs no request), feeds the result
+back to the cache, and posts the Events off the reconcile's path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
+
+from switchboard_operator import status as st
+from switchboard_operator.cache import Cache
+from switchboard_operator.circuit import Event
+from switchboard_operator.kube import Kube
+from switchboard_operator.restarts import Key
+
+log = logging.getLogger(__name__)
+
+
+class StatusWriter:
+    def __init__(self, cache: Cache,
+                 spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]) -> None:
+        self.cache, self._spawn = cache, spawn
+        self.kube: Kube | None = None
+
+    async def write(self, key: Key, body: Mapping[str, Any],
+                    want: st.Desired) -> tuple[Mapping[str, Any], list[Event]]:
+        """Apply ``want`` if it changes anything; the connection after, and the Warning Event
+        of a new failure a person must fix (posted once, by the write that makes it)."""
+        assert self.kube is not None
+        if not st.changed(body, want.status):
+            return body, []
+        events = st.failure_events(body, want)
+        ns, name = key
+        result = await self.kube.apply_status(ns, name, body["metadata"]["uid"], want.status)
+        self.cache.connection("MODIFIED", result)
+        log.info("%s/%s: Ready=%s %s", ns, name, want.ready.status, want.ready.reason)
+        return self.cache.connections.get(key, body), events
+
+    def post(self, body: Mapping[str, Any], events: Sequence[Event]) -> None:
+        """Best effort and in the background: a burst of due restarts must not wait for
+        Events to be posted."""
+        assert self.kube is not None
+        for event in events:
+            self._spawn(self.kube.post_event(body, event.type, event.reason, event.message))
