@@ -37,6 +37,7 @@ class Field(StrEnum):
     GATEWAY_POD = "gatewayPod"
     GATEWAY_POD_UID = "gatewayPodUID"
     QQ_SESSION = "qqSession"
+    DEAD_LETTERS = "deadLetters"
 
     CONDITIONS = "conditions"
     OBSERVED_GENERATION = "observedGeneration"
@@ -51,12 +52,21 @@ class Field(StrEnum):
     APPLIED_HASH = "appliedHash"
     CIRCUIT = "circuit"
     NEEDS_ATTENTION = "needsAttention"
+    DEAD_LETTERS_REPORTED = "deadLettersReported"
 
 
 GATEWAY_FIELDS: tuple[Field, ...] = (
     Field.STATE, Field.ATTEMPT, Field.MAX_ATTEMPTS, Field.ATTEMPTS, Field.LAST_ERROR,
-    Field.STATE_SINCE, Field.GATEWAY_POD, Field.GATEWAY_POD_UID, Field.QQ_SESSION)
+    Field.STATE_SINCE, Field.GATEWAY_POD, Field.GATEWAY_POD_UID, Field.QQ_SESSION,
+    Field.DEAD_LETTERS)
 OPERATOR_FIELDS: tuple[Field, ...] = tuple(f for f in Field if f not in GATEWAY_FIELDS)
+
+
+class DeadLetterReason(StrEnum):
+    """status.deadLetters.last.reason: why the gateway gave up answering a message."""
+
+    REJECTED = "rejected"  # the platform refused the reply (chat gone, bot blocked, ...)
+    EXHAUSTED = "attempts_exhausted"  # every attempt of the message's budget failed
 
 
 class ErrorCode(StrEnum):

@@ -66,6 +66,7 @@ class FieldStore(Protocol):
     StatusReporter implements it; main passes the reporter as both sink and store).
 
     - ``restore``: the values a previous process left (call before the first report);
+    - ``field``: the value held now (restored or set);
     - ``set_field``: the new value (``None`` removes it), written lazily within the status write
       budget and carried in every later write, the final one on shutdown included.
     """
@@ -73,6 +74,8 @@ class FieldStore(Protocol):
     async def restore(self, names: tuple[str, ...], timeout: float) -> dict[str, Any]: ...  # noqa: ASYNC109
 
     def set_field(self, name: str, value: Any) -> object: ...
+
+    def field(self, name: str) -> Any: ...
 
 
 @dataclass(frozen=True)

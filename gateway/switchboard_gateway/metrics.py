@@ -5,7 +5,7 @@ state, an error code or a result: never a token, chat id, user id or URL.
 
 Who updates what:
 - STATE and STATUS_WRITES: the StatusReporter (status.py), on every report / API write;
-- RECONNECT_ATTEMPTS, ERRORS, MESSAGES_IN, MESSAGES_OUT, DUPLICATES: the adapters;
+- RECONNECT_ATTEMPTS, ERRORS, MESSAGES_IN, MESSAGES_OUT, DUPLICATES, DEAD_LETTERS: the adapters;
 - BACKEND_LATENCY: the relay (relay.py), per backend request.
 """
 
@@ -44,6 +44,12 @@ DUPLICATES = Counter(
     "switchboard_gateway_duplicate_messages_total",
     "Inbound messages seen again in the same process and not handed to the backend twice.",
     ["platform"],
+)
+DEAD_LETTERS = Counter(
+    "switchboard_gateway_dead_letters_total",
+    "Inbound messages given up on (their reply refused by the platform, or their attempt "
+    "budget used up): the offset moved on without an answer.",
+    ["platform", "reason"],
 )
 BACKEND_LATENCY = Histogram(
     "switchboard_gateway_backend_latency_seconds",

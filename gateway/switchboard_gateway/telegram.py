@@ -9,12 +9,14 @@ Why ``Bot.get_updates`` in our own loop rather than PTB's ``Application``/``Upda
   mid-poll (``updater.running`` stays true). In our loop every failure surfaces as an exception
   right here, so there is no hidden task that can die unnoticed.
 
-Ladders (config.TelegramReconnect): network errors (NetworkError, TimedOut, 5xx, refused,
-OSError, a failed getMe probe) retry up to maxAttempts with min(initial * 2^(n-1), max) delays,
-then raise a retryable fatal ``telegram_network_error``; 409 Conflict retries conflictRetries
-times, then a non-retryable ``telegram_polling_conflict``; 401/404 are a non-retryable
-``telegram_invalid_token`` at once; 429 waits ``retry_after`` and is not a failure. Counters
-reset only when getUpdates really answered.
+Ladders (config.TelegramReconnect) and what each error means: telegram_protocol.py (pure).
+Network errors retry up to maxAttempts, then a retryable fatal ``telegram_network_error``; 409
+Conflict retries conflictRetries times, then a non-retryable ``telegram_polling_conflict``;
+401/404 are a non-retryable ``telegram_invalid_token`` at once; 429 waits ``retry_after``. The
+ladders reset only after a whole cycle: getUpdates answered and every update it returned was
+handled. An update whose reply Telegram refuses (400/403), or that fails its attempt budget, is
+dead-lettered (status.deadLetters, a metric, an Event the operator posts) and the next one is
+served; a reply to a group that became a supergroup goes to the new chat id.
 """
 
 from __future__ import annotations
@@ -25,27 +27,22 @@ import datetime as dt
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 from telegram import Bot, Update
-from telegram.error import (
-    BadRequest,
-    Conflict,
-    Forbidden,
-    InvalidToken,
-    NetworkError,
-    RetryAfter,
-    TelegramError,
-)
+from telegram.error import InvalidToken, RetryAfter, TelegramError
 from telegram.request import HTTPXRequest
 
-from switchboard_contract import ErrorCode
+from switchboard_contract import DeadLetterReason, ErrorCode
+from switchboard_contract import Field as F
 from switchboard_gateway import metrics
+from switchboard_gateway import telegram_protocol as proto
 from switchboard_gateway.adapter import (
     AdapterError,
     BackendError,
     FatalAdapterError,
+    FieldStore,
     InboundMessage,
     Relay,
     State,
@@ -69,6 +66,9 @@ POLLING_CONFLICT = ErrorCode.TELEGRAM_POLLING_CONFLICT
 RATE_LIMITED = ErrorCode.TELEGRAM_RATE_LIMITED
 SEND_FAILED = ErrorCode.TELEGRAM_SEND_FAILED
 BACKEND_ERROR = ErrorCode.BACKEND_ERROR
+# Errors of a call to the Bot API (PTB's, httpx's below it, the socket's, the getMe probe's).
+CALL_ERRORS = (TelegramError, httpx.HTTPError, OSError)
+REMEMBERED_MIGRATIONS = 1000
 
 T = TypeVar("T")
 
@@ -79,11 +79,6 @@ class _Stopped(Exception):
 
 class _LinkDead(Exception):
     """The getMe probe failed: the link looks up but does not answer."""
-
-
-def retry_after_seconds(exc: RetryAfter) -> float:
-    value: Any = exc.retry_after  # int, or timedelta with PTB_TIMEDELTA=true
-    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
 
 
 def short_error(exc: BaseException) -> str:
@@ -145,6 +140,10 @@ class TelegramAdapter:
         self._stop: asyncio.Event = asyncio.Event()
         self._interrupted: asyncio.Future[None] | None = None
         self._probe_error: BaseException | None = None
+        self._budget = proto.UpdateBudget()
+        # Groups that became supergroups: old chat id -> new one (replies go to the new one).
+        self._moved: OrderedDict[int, int] = OrderedDict()
+        self._store = sink if isinstance(sink, FieldStore) else None
 
     # ------------------------------------------------------------------ main loop
 
@@ -182,50 +181,51 @@ class TelegramAdapter:
                 updates = await self._call(self.bot.get_updates(
                     offset=self.offset, timeout=timeout, allowed_updates=ALLOWED_UPDATES,
                     read_timeout=self.config.probe_timeout))
-                attempt = conflicts = 0
                 if not self.connected:
                     self.connected = True
                     # Not awaited: the write lands within a second, messages flow meanwhile.
                     self.sink.record(State.CONNECTED, max_attempts=self.policy.max_attempts)
                 for update in updates:
                     await self._handle(update)
+                # A whole cycle went through (polled, and every update handled): only now do
+                # the ladders start again. A reply that keeps failing therefore climbs the
+                # ladder, and its update's budget ends it, instead of resetting forever.
+                attempt = conflicts = 0
             except (_Stopped, FatalAdapterError):
                 raise
-            except InvalidToken as exc:
-                metrics.ERRORS.labels(PLATFORM, INVALID_TOKEN).inc()
-                raise FatalAdapterError(
-                    INVALID_TOKEN, f"the bot token was rejected: {short_error(exc)}", False
-                ) from None
-            except RetryAfter as exc:
-                # Flood control: Telegram says when to come back. Not a failure, no state change.
-                delay = retry_after_seconds(exc)
-                metrics.ERRORS.labels(PLATFORM, RATE_LIMITED).inc()
-                log.warning("rate limited by Telegram: waiting %.0fs", delay)
-                await self._sleep(delay)
-            except Conflict as exc:
-                conflicts += 1
-                metrics.ERRORS.labels(PLATFORM, POLLING_CONFLICT).inc()
-                message = (f"another process polls with this bot token: {short_error(exc)}")
-                if conflicts > self.policy.conflict_retries:
-                    raise FatalAdapterError(
-                        POLLING_CONFLICT,
-                        f"{message} (gave up after {self.policy.conflict_retries} retries)",
-                        False) from None
-                await self._retrying(conflicts, self.policy.conflict_retries,
-                                     self.policy.conflict_delay(conflicts),
-                                     AdapterError(POLLING_CONFLICT, message, True))
-            except (NetworkError, TelegramError, _LinkDead, httpx.HTTPError, OSError) as exc:
-                # BadRequest/Forbidden on getUpdates, too: nothing else we could do but retry.
-                attempt += 1
-                metrics.ERRORS.labels(PLATFORM, NETWORK_ERROR).inc()
+            except (*CALL_ERRORS, _LinkDead) as exc:
+                verdict = proto.poll_error(exc)
+                metrics.ERRORS.labels(PLATFORM, verdict.code).inc()
                 message = short_error(exc)
-                if attempt > self.policy.max_attempts:
+                if verdict.action is proto.PollAction.FATAL:
                     raise FatalAdapterError(
-                        NETWORK_ERROR,
-                        f"gave up after {self.policy.max_attempts} reconnect attempts: {message}",
-                        True) from None
-                await self._retrying(attempt, self.policy.max_attempts, self.policy.delay(attempt),
-                                     AdapterError(NETWORK_ERROR, message, True))
+                        INVALID_TOKEN, f"the bot token was rejected: {message}", False
+                    ) from None
+                if verdict.action is proto.PollAction.WAIT:
+                    # Flood control: Telegram says when to come back. Not a failure.
+                    log.warning("rate limited by Telegram: waiting %.0fs", verdict.wait)
+                    await self._sleep(verdict.wait)
+                elif verdict.action is proto.PollAction.CONFLICT:
+                    conflicts += 1
+                    message = f"another process polls with this bot token: {message}"
+                    if conflicts > self.policy.conflict_retries:
+                        raise FatalAdapterError(
+                            POLLING_CONFLICT,
+                            f"{message} (gave up after {self.policy.conflict_retries} retries)",
+                            False) from None
+                    await self._retrying(conflicts, self.policy.conflict_retries,
+                                         self.policy.conflict_delay(conflicts),
+                                         AdapterError(POLLING_CONFLICT, message, True))
+                else:
+                    attempt += 1
+                    if attempt > self.policy.max_attempts:
+                        raise FatalAdapterError(
+                            NETWORK_ERROR,
+                            f"gave up after {self.policy.max_attempts} reconnect attempts: "
+                            f"{message}", True) from None
+                    await self._retrying(attempt, self.policy.max_attempts,
+                                         self.policy.delay(attempt),
+                                         AdapterError(NETWORK_ERROR, message, True))
 
     async def _retrying(self, attempt: int, max_attempts: int, delay: float,
                         error: AdapterError) -> None:
@@ -267,7 +267,16 @@ class TelegramAdapter:
             while len(self._accepted) > REMEMBERED_REPLIES:
                 self._accepted.popitem(last=False)
         if pending and parsed is not None:
-            await self._send(parsed[0], pending)
+            try:
+                await self._send(update_id, parsed, pending)
+            except CALL_ERRORS as exc:
+                # A transient failure (the network, a 5xx): the ladder handles it and the
+                # update comes again, until its budget is used up.
+                if not self._budget.failed(update_id):
+                    raise
+                self._dead_letter(update_id, parsed, DeadLetterReason.EXHAUSTED,
+                                  f"{proto.UPDATE_ATTEMPTS} attempts failed: {short_error(exc)}")
+        self._budget.done(update_id)
         self._accepted.pop(update_id, None)
         self.offset = update_id + 1  # confirmed with the next getUpdates
 
@@ -292,23 +301,60 @@ class TelegramAdapter:
                 self.sink.record(State.CONNECTED, max_attempts=self.policy.max_attempts)
             return reply
 
-    async def _send(self, chat_id: int, chunks: list[str]) -> None:
+    async def _send(self, update_id: int, parsed: tuple[int, InboundMessage],
+                    chunks: list[str]) -> None:
         """Send the reply chunks, removing each once sent (so a retry resends only the rest).
-        Network errors propagate to the ladder; the update is then seen again and resumed."""
+        Transient errors propagate (to the ladder and the update's budget); a reply Telegram
+        refuses is dead-lettered."""
+        chat_id = self._moved.get(parsed[0], parsed[0])
         while chunks:
             try:
                 await self._call(self.bot.send_message(chat_id, chunks[0]))
-            except RetryAfter as exc:
-                await self._sleep(retry_after_seconds(exc))
-                continue
-            except (BadRequest, Forbidden) as exc:
-                # The chat is gone, the bot was blocked, ...: retrying cannot help.
+            except CALL_ERRORS as exc:
+                verdict = proto.send_error(exc)
+                if verdict.action is proto.SendAction.WAIT:
+                    metrics.ERRORS.labels(PLATFORM, RATE_LIMITED).inc()
+                    await self._sleep(verdict.wait)
+                    continue
+                if verdict.action is proto.SendAction.FATAL:
+                    metrics.ERRORS.labels(PLATFORM, INVALID_TOKEN).inc()
+                    raise FatalAdapterError(
+                        INVALID_TOKEN, f"the bot token was rejected: {short_error(exc)}", False
+                    ) from None
+                if verdict.action is proto.SendAction.MIGRATE and verdict.chat_id is not None \
+                        and not self._budget.failed(update_id):
+                    log.info("chat %s became %s (a supergroup): replying there", chat_id,
+                             verdict.chat_id)
+                    self._moved[parsed[0]] = chat_id = verdict.chat_id
+                    while len(self._moved) > REMEMBERED_MIGRATIONS:
+                        self._moved.popitem(last=False)
+                    continue
+                if verdict.action is proto.SendAction.RETRY:
+                    raise
                 metrics.ERRORS.labels(PLATFORM, SEND_FAILED).inc()
-                log.warning("dropping a reply to a chat: %s", short_error(exc))
+                self._dead_letter(update_id, parsed, verdict.reason or
+                                  DeadLetterReason.EXHAUSTED, short_error(exc))
                 chunks.clear()
                 return
             chunks.pop(0)
             metrics.MESSAGES_OUT.labels(PLATFORM).inc()
+
+    def _dead_letter(self, update_id: int, parsed: tuple[int, InboundMessage], reason: str,
+                     detail: str) -> None:
+        """Give up on answering one update: counted and named by chat and message id (never
+        its text); the offset moves on. The operator posts a Warning Event for it."""
+        message = parsed[1]
+        metrics.DEAD_LETTERS.labels(PLATFORM, reason).inc()
+        log.warning("dead letter: update %d (chat %s, message %s): %s: %s", update_id,
+                    message.chat_id, message.message_id, reason, detail)
+        if self._store is None:
+            return
+        previous = self._store.field(F.DEAD_LETTERS) or {}
+        self._store.set_field(F.DEAD_LETTERS, {
+            "count": int(previous.get("count") or 0) + 1,
+            "last": {"chatId": message.chat_id, "messageId": message.message_id,
+                     "reason": str(reason), "message": detail[:300],
+                     "time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}})
 
     # ------------------------------------------------------------------ plumbing
 
@@ -371,7 +417,7 @@ class TelegramAdapter:
                     INVALID_TOKEN, f"the bot token was rejected: {short_error(exc)}", False))
             except RetryAfter:
                 continue
-            except (TelegramError, httpx.HTTPError, OSError, TimeoutError) as exc:
+            except (*CALL_ERRORS, TimeoutError) as exc:
                 if self.connected:
                     log.warning("getMe probe failed: %s", short_error(exc) or "timeout")
                     self._interrupt(_LinkDead(

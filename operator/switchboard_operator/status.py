@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from switchboard_contract import GATEWAY_FIELDS, OPERATOR_FIELDS
+from switchboard_contract import Field as F
 from switchboard_operator import conditions as cond
 from switchboard_operator.circuit import Circuit, Event, parse_time
 from switchboard_operator.decide import Plan
@@ -75,7 +76,15 @@ def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
         "appliedHash": applied_hash,
         **plan.schedule.to_status(),
     }
+    dead = _dead_letter_count(status)
+    if dead:
+        out[F.DEAD_LETTERS_REPORTED] = dead
     return Desired(out, value, wake)
+
+
+def _dead_letter_count(status: Mapping[str, Any]) -> int:
+    value = (status.get(F.DEAD_LETTERS) or {}).get("count")
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 def current(status: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -96,11 +105,29 @@ def failure_events(body: Mapping[str, Any], new: Desired) -> list[Event]:
     """A Warning Event when Ready turns to a failure only a person can fix (PERMANENT): what
     `kubectl describe` and event-based alerting show. Derived from the transition of the
     stored Ready reason, so it is posted once, by the write that makes the change."""
+    events = _dead_letter_events(body.get("status") or {}, new.status)
     reason = new.ready.reason
     if reason not in PERMANENT:
-        return []
+        return events
     old = next((c for c in (body.get("status") or {}).get("conditions") or []
                 if c.get("type") == cond.READY), None)
     if old is not None and old.get("reason") == reason:
+        return events
+    return [Event("Warning", str(reason), new.ready.message), *events]
+
+
+def _dead_letter_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
+    """A Warning Event when the gateway dead-lettered messages since the last one reported
+    (deadLettersReported): the gateway names the chat and message id, never the text, and
+    needs no right to post Events itself."""
+    count = int(new.get(F.DEAD_LETTERS_REPORTED) or 0)
+    reported = int(old.get(F.DEAD_LETTERS_REPORTED) or 0)
+    if count <= reported:
         return []
-    return [Event("Warning", str(reason), new.ready.message)]
+    last = (old.get(F.DEAD_LETTERS) or {}).get("last") or {}
+    n = count - reported
+    return [Event("Warning", "MessageDeadLettered",
+                  f"{n} message{'s' if n > 1 else ''} could not be answered and "
+                  f"{'were' if n > 1 else 'was'} given up on; the last: chat "
+                  f"{last.get('chatId')}, message {last.get('messageId')}, "
+                  f"{last.get('reason')}: {str(last.get('message') or '')[:200]}")]

@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from switchboard_gateway.backend import EchoBackend
 from switchboard_testkit.cluster import Cluster
+from switchboard_testkit.fake_telegram import GATEWAY_TEST_TOKEN, FakeTelegram
 from switchboard_testkit.gateway_harness import (
     GROUP,
     PLURAL,
@@ -83,3 +85,18 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, str]], Ga
         if process.alive():
             process.proc.kill()
             process.proc.wait(5)
+
+
+# The Telegram tests' fake Bot API (its one valid token) and echo backend; the QQ tests and the
+# pod test define their own ``fake``.
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram(GATEWAY_TEST_TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[EchoBackend]:
+    async with EchoBackend() as backend:
+        yield backend

@@ -7,32 +7,21 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from switchboard_gateway.backend import EchoBackend
-from switchboard_testkit.fake_telegram import FakeTelegram
+from switchboard_testkit.fake_telegram import GATEWAY_TEST_TOKEN, FakeTelegram
 from switchboard_testkit.gateway_harness import GatewayProcess, PConn
 
 pytestmark = pytest.mark.cluster
 
-TOKEN = "777000111:AAsecretTOKENofTHEgatewayTESTS_abcdef"
+TOKEN = GATEWAY_TEST_TOKEN
+
 FAST = json.dumps({"maxAttempts": 5, "initialDelaySeconds": 1, "maxDelaySeconds": 2})
 StartGateway = Callable[[dict[str, str]], GatewayProcess]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram(TOKEN) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[EchoBackend]:
-    async with EchoBackend() as backend:
-        yield backend
 
 
 def telegram_env(pconn: PConn, fake: FakeTelegram, backend: EchoBackend | None = None,

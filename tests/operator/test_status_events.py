@@ -47,3 +47,27 @@ def test_a_missing_secret_is_a_warning_and_retrying_is_not() -> None:
                       "lastError": {"code": "telegram_network_error", "retryable": True,
                                     "message": "502"}})
     assert st.failure_events(retrying, _desired(retrying)) == []
+
+
+CONNECTED = {"state": "connected", "gatewayPod": "p1", "stateSince": "2026-01-01T11:59:00Z"}
+
+
+def _letters(count: int, chat: str = "55", message: str = "7") -> dict[str, Any]:
+    return {"deadLetters": {"count": count, "last": {
+        "chatId": chat, "messageId": message, "reason": "rejected",
+        "message": "Forbidden: bot was blocked by the user", "time": "2026-01-01T12:00:00Z"}}}
+
+
+def test_dead_letters_post_one_warning_for_those_since_the_last_and_name_no_text() -> None:
+    body = _body({**CONNECTED, **_letters(1)})
+    want = _desired(body)
+    assert want.status["deadLettersReported"] == 1
+    assert want.ready.status == "True"  # the connection is fine; one message was not
+    (event,) = st.failure_events(body, want)
+    assert (event.type, event.reason) == ("Warning", "MessageDeadLettered")
+    assert "chat 55, message 7" in event.message and "1 message could" in event.message
+    stored = _body({**CONNECTED, **_letters(1), **want.status})
+    assert st.failure_events(stored, _desired(stored)) == []  # reported once
+    three = _body({**CONNECTED, **_letters(3, message="9"), **want.status})
+    (event,) = st.failure_events(three, _desired(three))
+    assert "2 messages could" in event.message and "message 9" in event.message

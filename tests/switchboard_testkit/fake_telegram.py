@@ -355,6 +355,8 @@ def serve_cli(fake: FakeServer[Any]) -> None:
 # =============================================================================== Telegram
 
 DEFAULT_TOKEN = "123456789:AAFakeTokenForSwitchboardTests0123"
+# The gateway tests' token: its secret part is what they check never leaks.
+GATEWAY_TEST_TOKEN = "777000111:AAsecretTOKENofTHEgatewayTESTS_abcdef"
 # Telegram answers 404 (not 401) when the token does not even look like `<bot id>:<secret>`.
 _TOKEN_SHAPE = re.compile(r"^\d+:[A-Za-z0-9_-]+$")
 CONFLICT_DESCRIPTION = (
@@ -407,6 +409,15 @@ class _BadRequest(Exception):
     """Raised by parameter parsing; answered as 400 Bad Request like Telegram does."""
 
 
+class _Refused(Exception):
+    """A method call Telegram refuses: HTTP status, description and ResponseParameters."""
+
+    def __init__(self, status: int, description: str,
+                 parameters: dict[str, Any] | None = None) -> None:
+        super().__init__(description)
+        self.status, self.description, self.parameters = status, description, parameters
+
+
 class FakeTelegram(FakeServer[SentMessage]):
     """Fake Bot API server holding one valid bot token.
 
@@ -436,6 +447,9 @@ class FakeTelegram(FakeServer[SentMessage]):
         self._next_update_id = first_update_id
         self._updates: list[dict[str, Any]] = []
         self._chats: dict[int, dict[str, Any]] = {}
+        # Groups upgraded to supergroups (old id -> new id), and chats that refuse the bot.
+        self._migrated: dict[int, int] = {}
+        self._refusing: dict[int, tuple[int, str]] = {}
         self._next_message_id: Counter[int] = Counter()
         self._faults: list[_Fault] = []
         self._poll_generation = 0
@@ -572,6 +586,17 @@ class FakeTelegram(FakeServer[SentMessage]):
     def clear_faults(self) -> None:
         self._faults.clear()
 
+    def migrate_chat(self, chat_id: int, new_chat_id: int) -> None:
+        """The group became a supergroup: sendMessage to the old id answers 400 "group chat
+        was upgraded to a supergroup chat" with ``parameters.migrate_to_chat_id`` (PTB raises
+        ChatMigrated), as the Bot API's ResponseParameters describe."""
+        self._migrated[int(chat_id)] = int(new_chat_id)
+
+    def refuse_chat(self, chat_id: int, status: int = 403,
+                    description: str = "Forbidden: bot was blocked by the user") -> None:
+        """Every sendMessage to ``chat_id`` is refused (403 blocked, 400 chat not found...)."""
+        self._refusing[int(chat_id)] = (int(status), description)
+
     def revoke_token(self) -> None:
         """Every further call answers 401; an in-flight long poll ends with 401 at once."""
         self._token = None
@@ -596,6 +621,8 @@ class FakeTelegram(FakeServer[SentMessage]):
             "conflict_next": self.conflict_next,
             "stall_next": self.stall_next,
             "clear_faults": self.clear_faults,
+            "migrate_chat": self.migrate_chat,
+            "refuse_chat": self.refuse_chat,
             "revoke_token": self.revoke_token,
             "set_token": self.set_token,
         }
@@ -622,6 +649,8 @@ class FakeTelegram(FakeServer[SentMessage]):
             response = await self._answer(token, method, params)
         except _BadRequest as exc:
             response = _error(400, f"Bad Request: {exc}")
+        except _Refused as exc:
+            response = _error(exc.status, exc.description, exc.parameters)
         self.call_log.append(CallRecord(method, response.status, params))
         self._bump()
         return response
@@ -723,6 +752,11 @@ class FakeTelegram(FakeServer[SentMessage]):
 
     def _send_message(self, params: dict[str, Any]) -> dict[str, Any]:
         chat_id = self._chat_id(params)
+        if chat_id in self._migrated:
+            raise _Refused(400, "Bad Request: group chat was upgraded to a supergroup chat",
+                           {"migrate_to_chat_id": self._migrated[chat_id]})
+        if chat_id in self._refusing:
+            raise _Refused(*self._refusing[chat_id])
         text = params.get("text")
         if not text:
             raise _BadRequest("message text is empty")

@@ -1,0 +1,123 @@
+"""What a Telegram Bot API error means for the gateway: pure decisions, no I/O.
+
+The counterpart of qqbot_protocol.py. telegram.py does the calls; this module says what to do
+about each failure, separately for polling (getUpdates: the connection) and for sending a reply
+(sendMessage: one update), and keeps the per-update attempt budget, so that one update that
+cannot be answered never wedges the bot: past its budget it is dead-lettered (counted, named by
+chat and message id, never by its text) and the next update is served.
+
+Polling (the connection's ladder, config.TelegramReconnect):
+- 401/404 (InvalidToken): fatal, not retryable (`telegram_invalid_token`);
+- 429 (RetryAfter): wait ``retry_after``, no failure;
+- 409 (Conflict): the conflict ladder, then fatal `telegram_polling_conflict`;
+- anything else (network, 5xx, other 4xx, a dead getMe probe): the network ladder, then a
+  retryable fatal `telegram_network_error`.
+
+Sending a reply (one update):
+- 429: wait ``retry_after`` (not an attempt; nothing is dropped);
+- ChatMigrated (a group became a supergroup): send again to ``migrate_to_chat_id``;
+- 400 (BadRequest) and 403 (Forbidden): the chat cannot take it (gone, the bot blocked or
+  removed, the text refused): dead-lettered at once, retrying cannot help;
+- 401/404: the token was revoked: fatal, as when polling;
+- anything else (network, 5xx, unknown errors): an attempt of the update's budget, and the
+  network ladder; past the budget the update is dead-lettered.
+
+The ladders reset only after a whole cycle succeeded: getUpdates answered *and* every update it
+returned was handled (answered or dead-lettered).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Conflict,
+    Forbidden,
+    InvalidToken,
+    RetryAfter,
+)
+
+from switchboard_contract import DeadLetterReason, ErrorCode
+
+# Attempts to answer one update (its backend call excluded: a backend that is down holds the
+# update, it does not consume its budget) before it is dead-lettered.
+UPDATE_ATTEMPTS = 5
+
+
+class PollAction(Enum):
+    FATAL = "fatal"  # give up now, not retryable
+    WAIT = "wait"  # flood control: wait, then poll again
+    CONFLICT = "conflict"  # another poller: the conflict ladder
+    RECONNECT = "reconnect"  # the network ladder
+
+
+class SendAction(Enum):
+    FATAL = "fatal"  # the token is gone: the whole adapter stops
+    WAIT = "wait"  # flood control for this chat: wait, send again
+    MIGRATE = "migrate"  # send again to the new chat id
+    DEAD = "dead"  # this update cannot be answered: dead letter now
+    RETRY = "retry"  # an attempt of the update's budget; the network ladder
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: PollAction | SendAction
+    code: str = ""  # ErrorCode for status and metrics
+    wait: float = 0.0  # seconds (WAIT)
+    chat_id: int | None = None  # the new chat (MIGRATE)
+    reason: str = ""  # DeadLetterReason (DEAD)
+
+
+def retry_after_seconds(exc: RetryAfter) -> float:
+    value: Any = exc.retry_after  # int, or timedelta with PTB_TIMEDELTA=true
+    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+
+
+def poll_error(exc: BaseException) -> Verdict:
+    """What a failed getUpdates (or getMe/deleteWebhook at start) means."""
+    if isinstance(exc, InvalidToken):
+        return Verdict(PollAction.FATAL, ErrorCode.TELEGRAM_INVALID_TOKEN)
+    if isinstance(exc, RetryAfter):
+        return Verdict(PollAction.WAIT, ErrorCode.TELEGRAM_RATE_LIMITED,
+                       wait=retry_after_seconds(exc))
+    if isinstance(exc, Conflict):
+        return Verdict(PollAction.CONFLICT, ErrorCode.TELEGRAM_POLLING_CONFLICT)
+    return Verdict(PollAction.RECONNECT, ErrorCode.TELEGRAM_NETWORK_ERROR)
+
+
+def send_error(exc: BaseException) -> Verdict:
+    """What a failed sendMessage means for the update it answers."""
+    if isinstance(exc, InvalidToken):
+        return Verdict(SendAction.FATAL, ErrorCode.TELEGRAM_INVALID_TOKEN)
+    if isinstance(exc, RetryAfter):
+        return Verdict(SendAction.WAIT, ErrorCode.TELEGRAM_RATE_LIMITED,
+                       wait=retry_after_seconds(exc))
+    if isinstance(exc, ChatMigrated):
+        return Verdict(SendAction.MIGRATE, ErrorCode.TELEGRAM_SEND_FAILED,
+                       chat_id=int(exc.new_chat_id))
+    if isinstance(exc, BadRequest | Forbidden):
+        return Verdict(SendAction.DEAD, ErrorCode.TELEGRAM_SEND_FAILED,
+                       reason=DeadLetterReason.REJECTED)
+    return Verdict(SendAction.RETRY, ErrorCode.TELEGRAM_NETWORK_ERROR)
+
+
+@dataclass
+class UpdateBudget:
+    """Failed attempts per update id; an update past ``limit`` is dead-lettered."""
+
+    limit: int = UPDATE_ATTEMPTS
+    failures: dict[int, int] = field(default_factory=dict)
+
+    def failed(self, update_id: int) -> bool:
+        """Count a failed attempt; True when the update has used its budget up."""
+        n = self.failures.get(update_id, 0) + 1
+        self.failures[update_id] = n
+        return n >= self.limit
+
+    def done(self, update_id: int) -> None:
+        self.failures.pop(update_id, None)

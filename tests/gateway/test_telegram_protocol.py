@@ -1,0 +1,77 @@
+"""telegram_protocol.py: what each Bot API error means, for polling and for sending."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Conflict,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
+
+from switchboard_contract import DeadLetterReason, ErrorCode
+from switchboard_gateway.telegram_protocol import (
+    PollAction,
+    SendAction,
+    UpdateBudget,
+    poll_error,
+    send_error,
+)
+
+
+@pytest.mark.parametrize(("exc", "action", "code"), [
+    (InvalidToken("Unauthorized"), PollAction.FATAL, ErrorCode.TELEGRAM_INVALID_TOKEN),
+    (RetryAfter(7), PollAction.WAIT, ErrorCode.TELEGRAM_RATE_LIMITED),
+    (Conflict("terminated by other getUpdates request"), PollAction.CONFLICT,
+     ErrorCode.TELEGRAM_POLLING_CONFLICT),
+    (NetworkError("Bad Gateway"), PollAction.RECONNECT, ErrorCode.TELEGRAM_NETWORK_ERROR),
+    (TimedOut(), PollAction.RECONNECT, ErrorCode.TELEGRAM_NETWORK_ERROR),
+    (BadRequest("Bad Request: wrong offset"), PollAction.RECONNECT,
+     ErrorCode.TELEGRAM_NETWORK_ERROR),
+    (httpx.ConnectError("refused"), PollAction.RECONNECT, ErrorCode.TELEGRAM_NETWORK_ERROR),
+    (OSError("unreachable"), PollAction.RECONNECT, ErrorCode.TELEGRAM_NETWORK_ERROR),
+])
+def test_polling_errors(exc: BaseException, action: PollAction, code: str) -> None:
+    verdict = poll_error(exc)
+    assert (verdict.action, verdict.code) == (action, code)
+
+
+def test_polling_waits_what_telegram_says() -> None:
+    assert poll_error(RetryAfter(7)).wait == 7
+
+
+@pytest.mark.parametrize(("exc", "action"), [
+    (InvalidToken("Unauthorized"), SendAction.FATAL),
+    (RetryAfter(3), SendAction.WAIT),
+    (ChatMigrated(-100123), SendAction.MIGRATE),
+    # BadRequest is a NetworkError in PTB: it must not fall into the retry branch.
+    (BadRequest("Bad Request: chat not found"), SendAction.DEAD),
+    (Forbidden("Forbidden: bot was blocked by the user"), SendAction.DEAD),
+    (NetworkError("Bad Gateway"), SendAction.RETRY),
+    (TimedOut(), SendAction.RETRY),
+    (TelegramError("something new"), SendAction.RETRY),
+    (httpx.ReadError("reset"), SendAction.RETRY),
+])
+def test_sending_errors(exc: BaseException, action: SendAction) -> None:
+    assert send_error(exc).action == action
+
+
+def test_a_migrated_chat_names_its_new_id_and_a_refused_reply_its_reason() -> None:
+    assert send_error(ChatMigrated(-100123)).chat_id == -100123
+    assert send_error(RetryAfter(3)).wait == 3
+    assert send_error(Forbidden("blocked")).reason == DeadLetterReason.REJECTED
+
+
+def test_each_update_has_its_own_budget() -> None:
+    budget = UpdateBudget(limit=3)
+    assert [budget.failed(10) for _ in range(3)] == [False, False, True]
+    assert budget.failed(11) is False  # another update starts afresh
+    budget.done(10)
+    assert budget.failed(10) is False
