@@ -19,6 +19,7 @@ fatal, not retryable        False   CredentialsInvalid  needs a person; shown ev
                                     Banned
                                     ConfigurationInvalid
                                     Failed (other code)
+connected, backend failing  False   BackendUnavailable  messages are held, none is answered
 connected                   True    Connected
 circuit half-open           False   CircuitHalfOpen     probe running (detail in the message)
 no report yet / connecting  False   Connecting
@@ -31,10 +32,12 @@ anything else               Unknown UnknownState
 Apply circuit transitions (circuit.py) before computing the condition, so that e.g. a probe
 that connected is already ``closed``.
 
-Ready=True means "as the spec asks": connected, or suspended. A suspended connection is at
-rest, so kstatus (Flux's ``wait: true``) must read it as Current, and it reads any Ready=False
-as InProgress; Argo CD's health check (helm/switchboard/README.md) says Suspended by the
-reason. Whether a gateway is connected is Ready's reason (and status.state), not its status.
+Ready=True means "as the spec asks": connected and delivering, or suspended. The Delivering
+condition says only whether messages flow to the backend (False, BackendUnavailable, with the
+backend's error while the gateway holds them; Unknown while not connected). A suspended
+connection is at rest, so kstatus (Flux's ``wait: true``) must read it as Current, and it
+reads any Ready=False as InProgress; Argo CD's health check (helm/switchboard/README.md) says
+Suspended by the reason. Whether a gateway is connected is status.state, not Ready's status.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ READY = "Ready"
 # under way, Stalled when waiting will not help. Both derive from Ready.
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
+# Whether messages reach the backend (the gateway holds them while it fails).
+DELIVERING = "Delivering"
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -78,6 +83,9 @@ class Reason(StrEnum):
     CIRCUIT_HALF_OPEN = "CircuitHalfOpen"
     SUSPENDED = "Suspended"
     PROGRESSING = "Progressing"
+    BACKEND_UNAVAILABLE = "BackendUnavailable"
+    DELIVERING = "Delivering"
+    NOT_CONNECTED = "NotConnected"
     UNKNOWN_STATE = "UnknownState"
 
 
@@ -233,6 +241,11 @@ def ready_condition(i: ReadyInputs) -> ConditionValue:
         )
     if state == "connected":
         pod = f" (pod {i.gateway_pod})" if i.gateway_pod else ""
+        if i.error_code == ErrorCode.BACKEND_ERROR:
+            return _false(Reason.BACKEND_UNAVAILABLE,
+                          f"Gateway is connected{pod} but the backend does not take messages"
+                          f"{_colon_message(i)}. They are held (not confirmed to the platform) "
+                          "and retried.")
         return ConditionValue("True", Reason.CONNECTED, f"Gateway is connected{pod}.")
     if i.circuit.state is Circuit.HALF_OPEN:
         return _false(
@@ -392,6 +405,17 @@ STALLED_REASONS = frozenset({
     Reason.CREDENTIALS_INVALID, Reason.POLLING_CONFLICT, Reason.BANNED,
     Reason.CONFIGURATION_INVALID, Reason.FAILED, Reason.SECRET_MISSING, Reason.CIRCUIT_OPEN,
     Reason.POLICY_VIOLATION, Reason.APPLY_FAILED, Reason.REPLICA_FAILURE})
+
+
+def delivering_condition(i: ReadyInputs) -> ConditionValue:
+    """Whether messages reach the backend: known only while the gateway is connected."""
+    if i.gateway_state != "connected" or i.suspended:
+        return ConditionValue("Unknown", Reason.NOT_CONNECTED,
+                              "The gateway is not connected: no messages arrive.")
+    if i.error_code == ErrorCode.BACKEND_ERROR:
+        return _false(Reason.BACKEND_UNAVAILABLE,
+                      f"The backend does not take messages{_colon_message(i)}.")
+    return ConditionValue("True", Reason.DELIVERING, "Messages reach the backend.")
 
 
 def kstatus_conditions(ready: ConditionValue) -> dict[str, ConditionValue]:

@@ -52,7 +52,8 @@ def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
     generation = int(meta.get("generation", 0))
     ready = cond.make_condition(status.get("conditions"), cond.READY, value, generation, now)
     extra = [cond.make_condition(status.get("conditions"), kind, v, generation, now)
-             for kind, v in cond.kstatus_conditions(value).items()]
+             for kind, v in {**cond.kstatus_conditions(value),
+                             cond.DELIVERING: cond.delivering_condition(inputs)}.items()]
 
     suspended = bool(spec.get("suspend", False))
     not_ready_since = (parse_time(ready["lastTransitionTime"])
@@ -92,7 +93,7 @@ def current(status: Mapping[str, Any] | None) -> dict[str, Any]:
     status = status or {}
     out: dict[str, Any] = {k: status[k] for k in OPERATOR_FIELDS if k in status}
     if "conditions" in out:
-        ours = (cond.READY, cond.RECONCILING, cond.STALLED)
+        ours = (cond.READY, cond.RECONCILING, cond.STALLED, cond.DELIVERING)
         out["conditions"] = [c for c in out["conditions"] if c.get("type") in ours]
     return out
 

@@ -15,6 +15,7 @@ from switchboard_operator.conditions import (
     ConditionValue,
     ReadyInputs,
     Reason,
+    delivering_condition,
     make_condition,
     needs_attention,
     ready_condition,
@@ -416,3 +417,16 @@ def test_quoted_error_text_is_bounded_and_printable() -> None:
     message = ready_condition(inputs).message
     assert message.isprintable() and "boom" in message and "FORGED" in message
     assert len(message) < 700
+
+
+def test_a_backend_that_fails_makes_ready_false_and_delivering_says_why() -> None:
+    failing = replace(CONNECTED, error_code=ErrorCode.BACKEND_ERROR,
+                      error_message="HTTP 503; message held, retry 2 in 2s")
+    ready = ready_condition(failing)
+    assert (ready.status, ready.reason) == ("False", Reason.BACKEND_UNAVAILABLE)
+    assert "HTTP 503" in ready.message
+    delivering = delivering_condition(failing)
+    assert (delivering.status, delivering.reason) == ("False", Reason.BACKEND_UNAVAILABLE)
+    assert delivering_condition(CONNECTED).status == "True"
+    assert delivering_condition(RETRYING).status == "Unknown"
+    assert ready_condition(CONNECTED).status == "True"
