@@ -18,19 +18,23 @@ Construction (main.make_adapter imports the module lazily)::
 - QQ only, optional ``store``: a FieldStore for state that outlives the process (the QQ session
   in status.qqSession); defaults to the sink when the sink is one, as the StatusReporter is.
 Metrics the adapter updates itself (metrics.py): RECONNECT_ATTEMPTS, ERRORS, MESSAGES_IN,
-MESSAGES_OUT, DUPLICATES. On stop the adapter just returns: main writes the final state.
+MESSAGES_OUT, DUPLICATES, DEAD_LETTERS. On stop the adapter just returns: main writes the final
+state. Every background task an adapter starts is supervised (``supervise``): its death ends
+the adapter with a retryable fatal ``gateway_internal_error``, never silence.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from switchboard_contract import State
+from switchboard_contract import ErrorCode, State
+from switchboard_gateway.redact import describe
 
 # The states are the status contract's (switchboard_contract), re-exported for the adapters.
-__all__ = ["AdapterError", "FatalAdapterError", "State", "StatusSink"]
+__all__ = ["AdapterError", "FatalAdapterError", "State", "StatusSink", "supervise"]
 
 
 @dataclass(frozen=True)
@@ -107,3 +111,22 @@ class Adapter(Protocol):
         Raise FatalAdapterError when giving up. Report every state change to the sink, with
         `retrying` (attempt N/MAX, error) awaited *before* each back-off sleep and `connected`
         only after the platform really answered."""
+
+
+def supervise(task: asyncio.Task[Any], on_death: Callable[[FatalAdapterError], None], *,
+              may_return: bool = False) -> asyncio.Task[Any]:
+    """Call ``on_death`` when ``task`` dies: ends by an exception, or (unless ``may_return``:
+    a task with a natural end, like a connection's heartbeat) by returning although it was
+    meant to run as long as its owner. Cancelling it (the owner stopping) is not a death."""
+    def done(finished: asyncio.Task[Any]) -> None:
+        if finished.cancelled():
+            return
+        exc = finished.exception()
+        if exc is None and may_return:
+            return
+        what = describe(exc) if exc is not None else "it returned"
+        on_death(FatalAdapterError(
+            ErrorCode.INTERNAL_ERROR,
+            f"background task {finished.get_name()} stopped: {what}", True))
+    task.add_done_callback(done)
+    return task

@@ -2,7 +2,9 @@
 
 - /healthz (liveness) fails only when the process is wedged: a heartbeat task stamps the time
   every second, and a stamp older than ``stale_after`` means the event loop is starved or stuck.
-  A fully blocked loop cannot answer at all, which fails the probe just the same. Being
+  A fully blocked loop cannot answer at all, which fails the probe just the same. It fails at
+  once, too, when a vital task (``vital()``: the status writer, the heartbeat itself) has
+  ended: nothing could report that in status, so the kubelet restarts the container. Being
   disconnected, retrying or even `fatal` is *not* a liveness failure: the kubelet restarting the
   container would hide the state the operator acts on (see main.py).
 - /readyz (readiness) is 200 only while the adapter reports `connected`.
@@ -13,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+from switchboard_gateway.redact import describe
 
 
 class HealthServer:
@@ -41,12 +46,14 @@ class HealthServer:
         self.stale_after = stale_after
         self._last_beat = 0.0
         self._beat_task: asyncio.Task[None] | None = None
+        self._vital: list[asyncio.Task[Any]] = []
         self._runners: list[web.AppRunner] = []
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._last_beat = loop.time()
         self._beat_task = asyncio.create_task(self._beat(), name="heartbeat")
+        self.vital(self._beat_task)
         health = web.Application()
         health.router.add_get("/healthz", self._healthz)
         health.router.add_get("/readyz", self._readyz)
@@ -66,16 +73,33 @@ class HealthServer:
         return int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        self._vital.clear()
         if self._beat_task is not None:
             self._beat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # It may have died earlier: liveness reported that already.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._beat_task
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
 
+    def vital(self, task: asyncio.Task[Any]) -> None:
+        """Liveness fails as soon as ``task`` ends (until stop())."""
+        self._vital.append(task)
+
+    def dead_task(self) -> str | None:
+        """The first vital task that has ended, and how."""
+        for task in self._vital:
+            if task.done():
+                exc = None if task.cancelled() else task.exception()
+                how = "cancelled" if task.cancelled() else (
+                    describe(exc) if exc is not None else "returned")
+                return f"{task.get_name()} stopped: {how}"
+        return None
+
     def alive(self) -> bool:
-        return asyncio.get_running_loop().time() - self._last_beat <= self.stale_after
+        return self.dead_task() is None and \
+            asyncio.get_running_loop().time() - self._last_beat <= self.stale_after
 
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
@@ -86,7 +110,8 @@ class HealthServer:
     async def _healthz(self, request: web.Request) -> web.Response:
         if self.alive():
             return web.Response(text="ok\n")
-        return web.Response(status=503, text="event loop heartbeat is stale\n")
+        return web.Response(status=503,
+                            text=f"{self.dead_task() or 'event loop heartbeat is stale'}\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
         state = self._state()

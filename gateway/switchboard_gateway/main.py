@@ -87,6 +87,8 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None,
                           metrics_port=config.metrics_port, ready=lambda: reporter.connected,
                           state=lambda: reporter.state.value if reporter.state else "")
     await health.start()
+    if reporter.task is not None:
+        health.vital(reporter.task)  # no status writer: nothing could say so but liveness
     log.info("gateway for %s (%s) up: health :%d, metrics :%d", config.connection_ref,
              config.platform, health.health_port, health.metrics_port)
     relay = make_relay(config)

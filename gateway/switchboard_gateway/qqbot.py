@@ -52,6 +52,7 @@ from switchboard_gateway.adapter import (
     Relay,
     State,
     StatusSink,
+    supervise,
 )
 from switchboard_gateway.config import GatewayConfig, Secret
 from switchboard_gateway.qqbot_protocol import (
@@ -272,6 +273,8 @@ class QQBotAdapter:
         self._http: aiohttp.ClientSession | None = None
         self._tokens: _Tokens | None = None
         self._stop = asyncio.Event()
+        self._halt = asyncio.Event()
+        self._died: FatalAdapterError | None = None  # a supervised task's end
         self.link_up = False  # between READY/RESUMED and the end of that connection
 
     # ------------------------------------------------------------------ lifecycle
@@ -282,16 +285,26 @@ class QQBotAdapter:
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=s.request_timeout), trust_env=True)
         self._tokens = _Tokens(s, self._http)
-        worker = asyncio.create_task(self._worker(stop), name="qqbot-worker")
+        # Set when stop is, or when a supervised task dies: every wait of the connection loop
+        # ends on it, so a dead worker or heartbeat is reported at once, never left silent.
+        halt = self._halt = asyncio.Event()
+        linker = asyncio.create_task(_link(stop, halt), name="qqbot-stop-link")
+        worker = supervise(asyncio.create_task(self._worker(stop), name="qqbot-worker"),
+                           self._task_died)
         try:
             await self._restore_session()  # before the first write, which would drop it
             await self._report(State.CONNECTING)
-            while not stop.is_set():
-                outcome = await _until_stopped(self._connect_once(), stop)
-                if outcome is None or stop.is_set():
+            while not halt.is_set():
+                outcome = await _until_stopped(self._connect_once(), halt)
+                if self._died is not None and not stop.is_set():
+                    raise self._died
+                if outcome is None or halt.is_set():
                     return
-                await self._after_disconnect(outcome, stop)
+                await self._after_disconnect(outcome, halt)
+            if self._died is not None and not stop.is_set():
+                raise self._died
         finally:
+            linker.cancel()
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
@@ -425,8 +438,9 @@ class QQBotAdapter:
             conn.monitor = HeartbeatMonitor(interval_ms / 1000.0,
                                             self.settings.heartbeat_ack_timeout_factor,
                                             loop.time())
-            conn.heartbeat = asyncio.create_task(self._heartbeat(conn, interval_ms),
-                                                 name="qqbot-heartbeat")
+            conn.heartbeat = supervise(asyncio.create_task(self._heartbeat(conn, interval_ms),
+                                                           name="qqbot-heartbeat"),
+                                       self._task_died, may_return=True)
             if self.session_id is not None:
                 await conn.ws.send(json.dumps(resume_payload(token, self.session_id, self.seq)))
             else:
@@ -504,6 +518,12 @@ class QQBotAdapter:
         log.info("QQ Bot gateway %s (session %s)", how, self.session_id)
         # Not awaited: the reader must keep reading ACKs; reports stay in order (see _report).
         self._report_later(State.CONNECTED, max_attempts=self.settings.max_attempts)
+
+    def _task_died(self, error: FatalAdapterError) -> None:
+        """A background task ended by itself: the adapter stops with a retryable fatal."""
+        log.error("QQ Bot %s", error.error.message)
+        self._died = error
+        self._halt.set()
 
     async def _heartbeat(self, conn: _Conn, interval_ms: float) -> None:
         monitor = conn.monitor
@@ -736,6 +756,11 @@ def _decode(raw: str | bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise _ProtocolError("the gateway sent a frame that is not a JSON object")
     return payload
+
+
+async def _link(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
 
 
 async def _until_stopped(work: Awaitable[_Outcome], stop: asyncio.Event) -> _Outcome | None:

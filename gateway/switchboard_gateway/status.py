@@ -188,6 +188,11 @@ class StatusReporter:
             self._task = asyncio.create_task(self._run(), name="status-writer")
 
     @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The writer task (after start()): main makes it vital for liveness."""
+        return self._task
+
+    @property
     def connected(self) -> bool:
         return self.state is State.CONNECTED
 
@@ -370,6 +375,8 @@ class StatusReporter:
                 await self._task
             except asyncio.CancelledError:
                 pass
+            except Exception as exc:  # it died earlier (liveness said so); flush anyway
+                log.error("status writer had stopped: %s", describe(exc))
             self._task = None
         if self._inflight is not None and not self._inflight.done():
             with contextlib.suppress(Exception):

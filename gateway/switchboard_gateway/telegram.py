@@ -47,6 +47,7 @@ from switchboard_gateway.adapter import (
     Relay,
     State,
     StatusSink,
+    supervise,
 )
 from switchboard_gateway.config import GatewayConfig
 from switchboard_gateway.redact import describe
@@ -140,6 +141,7 @@ class TelegramAdapter:
         self._stop: asyncio.Event = asyncio.Event()
         self._interrupted: asyncio.Future[None] | None = None
         self._probe_error: BaseException | None = None
+        self._died: FatalAdapterError | None = None  # a supervised task's end
         self._budget = proto.UpdateBudget()
         # Groups that became supergroups: old chat id -> new one (replies go to the new one).
         self._moved: OrderedDict[int, int] = OrderedDict()
@@ -151,7 +153,8 @@ class TelegramAdapter:
         self._stop = stop
         self._interrupted = asyncio.get_running_loop().create_future()
         watcher = asyncio.create_task(self._watch_stop(), name="telegram-stop-watch")
-        probe = asyncio.create_task(self._probe_loop(), name="telegram-getme-probe")
+        probe = supervise(asyncio.create_task(self._probe_loop(), name="telegram-getme-probe"),
+                          self._task_died)
         try:
             await self.sink.report(State.CONNECTING, max_attempts=self.policy.max_attempts)
             await self._poll_loop()
@@ -233,7 +236,8 @@ class TelegramAdapter:
         self.connected = False
         # Already handling a failure: a probe verdict that raced in must not cut the sleep short.
         self._probe_error = None
-        if self._interrupted is not None and self._interrupted.done() and not self._stop.is_set():
+        if self._interrupted is not None and self._interrupted.done() \
+                and not self._stop.is_set() and self._died is None:
             self._interrupted = asyncio.get_running_loop().create_future()
         metrics.RECONNECT_ATTEMPTS.labels(PLATFORM).inc()
         log.warning("telegram: %s; retry %d/%d in %.1fs", error.message, attempt, max_attempts,
@@ -387,10 +391,18 @@ class TelegramAdapter:
     def _raise_interrupt(self) -> None:
         if self._stop.is_set():
             raise _Stopped
+        if self._died is not None:
+            raise self._died
         error, self._probe_error = self._probe_error, None
         self._interrupted = asyncio.get_running_loop().create_future()
         if error is not None:
             raise error
+
+    def _task_died(self, error: FatalAdapterError) -> None:
+        """A background task ended by itself: the adapter stops with it (sticky: no later
+        verdict or back-off clears it)."""
+        self._died = error
+        self._interrupt()
 
     def _interrupt(self, error: BaseException | None = None) -> None:
         if error is not None:
