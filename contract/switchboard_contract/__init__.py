@@ -38,6 +38,7 @@ class Field(StrEnum):
     GATEWAY_POD_UID = "gatewayPodUID"
     QQ_SESSION = "qqSession"
     DEAD_LETTERS = "deadLetters"
+    LAST_ACTIVITY = "lastActivity"
 
     CONDITIONS = "conditions"
     OBSERVED_GENERATION = "observedGeneration"
@@ -58,7 +59,7 @@ class Field(StrEnum):
 GATEWAY_FIELDS: tuple[Field, ...] = (
     Field.STATE, Field.ATTEMPT, Field.MAX_ATTEMPTS, Field.ATTEMPTS, Field.LAST_ERROR,
     Field.STATE_SINCE, Field.GATEWAY_POD, Field.GATEWAY_POD_UID, Field.QQ_SESSION,
-    Field.DEAD_LETTERS)
+    Field.DEAD_LETTERS, Field.LAST_ACTIVITY)
 OPERATOR_FIELDS: tuple[Field, ...] = tuple(f for f in Field if f not in GATEWAY_FIELDS)
 
 
@@ -75,6 +76,7 @@ class ErrorCode(StrEnum):
     # The gateway itself.
     CONFIG_INVALID = "gateway_config_invalid"  # its settings are unusable (non-retryable)
     INTERNAL_ERROR = "gateway_internal_error"  # an adapter crashed (retryable)
+    GATEWAY_STALLED = "gateway_stalled"  # connected, but its loop stopped moving (retryable)
     BACKEND_ERROR = "backend_error"  # the bot backend failed on a message
 
     # Telegram.

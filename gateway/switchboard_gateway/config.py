@@ -111,6 +111,8 @@ class GatewayConfig:
     probe_interval: float = 90.0  # getMe liveness probe, as the reference gateway
     probe_timeout: float = 15.0
     poll_timeout: float = 30.0  # getUpdates long-poll timeout
+    # A connected gateway whose loop moves not for this long reports fatal gateway_stalled.
+    stall_after: float = 300.0
     log_level: str = "INFO"
 
     @property
@@ -223,8 +225,12 @@ class GatewayConfig:
             probe_interval=number("SWITCHBOARD_PROBE_INTERVAL", 90.0, minimum=0.1),
             probe_timeout=number("SWITCHBOARD_PROBE_TIMEOUT", 15.0, minimum=0.1),
             poll_timeout=number("SWITCHBOARD_POLL_TIMEOUT", 30.0),
+            stall_after=number("SWITCHBOARD_STALL_AFTER", 300.0, minimum=1.0),
             log_level=(get("SWITCHBOARD_LOG_LEVEL", "INFO") or "INFO").upper(),
         )
+        if config.stall_after <= config.poll_timeout + config.probe_timeout:
+            errors.append("SWITCHBOARD_STALL_AFTER must be longer than SWITCHBOARD_POLL_TIMEOUT "
+                          "plus SWITCHBOARD_PROBE_TIMEOUT (an idle long poll is not a stall)")
         if errors:
             raise ConfigError("invalid gateway configuration: " + "; ".join(errors))
         return config

@@ -88,12 +88,12 @@ class HealthServer:
         self._vital.append(task)
 
     def dead_task(self) -> str | None:
-        """The first vital task that has ended, and how."""
+        """The first vital task that has ended by itself, and how (cancelling one is its
+        owner's decision, on the way out)."""
         for task in self._vital:
-            if task.done():
-                exc = None if task.cancelled() else task.exception()
-                how = "cancelled" if task.cancelled() else (
-                    describe(exc) if exc is not None else "returned")
+            if task.done() and not task.cancelled():
+                exc = task.exception()
+                how = describe(exc) if exc is not None else "returned"
                 return f"{task.get_name()} stopped: {how}"
         return None
 

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from switchboard_contract import ErrorCode
 from switchboard_gateway import redact
@@ -31,9 +32,11 @@ from switchboard_gateway.adapter import (
     Relay,
     State,
     StatusSink,
+    supervise,
 )
 from switchboard_gateway.config import ConfigError, GatewayConfig
 from switchboard_gateway.health import HealthServer
+from switchboard_gateway.progress import Progress
 from switchboard_gateway.relay import make_relay
 from switchboard_gateway.status import KubeStatusWriter, StatusReporter
 
@@ -101,8 +104,14 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None,
             error = exc
         else:
             task = asyncio.create_task(adapter.run(stop), name=f"{config.platform}-adapter")
+            stalls: list[FatalAdapterError] = []
+            watchdog = _watch(adapter, config, reporter, task, stalls)
             await _wait_adapter(task, stop)
+            if watchdog is not None:
+                watchdog.cancel()
             error = task.exception() if task.done() and not task.cancelled() else None
+            if stalls and not stop.is_set():
+                error = stalls[0]
         if isinstance(error, FatalAdapterError):
             log.error("adapter gave up: %s (retryable=%s)", error.error.message,
                       error.error.retryable)
@@ -122,6 +131,26 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None,
         final = reporter.state.value if reporter.state else "-"
         log.info("gateway stopped (final state %s)", final)
     return 0
+
+
+def _watch(adapter: Any, config: GatewayConfig, reporter: StatusReporter,
+           task: asyncio.Task[None], stalls: list[FatalAdapterError]
+           ) -> asyncio.Task[None] | None:
+    """The progress watchdog (progress.py): a connected adapter that stalls is cancelled and
+    reported as a retryable fatal, for the operator to restart."""
+    progress = getattr(adapter, "progress", None)
+    if not isinstance(progress, Progress):
+        return None
+
+    def stall(error: FatalAdapterError) -> None:
+        log.error("%s", error.error.message)
+        stalls.append(error)
+        task.cancel()
+
+    # Supervised like the adapters' tasks: should the watchdog itself die, that is reported.
+    return supervise(asyncio.create_task(progress.watch(
+        config.stall_after, lambda: reporter.connected, stall), name="progress-watchdog"),
+        stall, may_return=True)
 
 
 async def _wait_adapter(task: asyncio.Task[None], stop: asyncio.Event) -> None:

@@ -48,9 +48,10 @@ class Progress:
         self.last = clock()
         self._shown: dict[str, float] = {}  # lastActivity key -> monotonic time written
 
-    def moved(self) -> None:
-        """The loop got somewhere (an attempt counts, failed or not)."""
-        self.last = self._clock()
+    def moved(self, idle_for: float = 0.0) -> None:
+        """The loop got somewhere (an attempt counts, failed or not); ``idle_for``: it now
+        waits that long by design (a back-off, flood control), which is no stall either."""
+        self.last = self._clock() + idle_for
 
     def answered(self) -> None:
         """The platform answered (a poll, a heartbeat ACK)."""

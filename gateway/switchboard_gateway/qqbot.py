@@ -55,6 +55,7 @@ from switchboard_gateway.adapter import (
     supervise,
 )
 from switchboard_gateway.config import GatewayConfig, Secret
+from switchboard_gateway.progress import Progress
 from switchboard_gateway.qqbot_protocol import (
     DEFAULT_DELAYS,
     DEFAULT_INTENTS,
@@ -275,6 +276,7 @@ class QQBotAdapter:
         self._stop = asyncio.Event()
         self._halt = asyncio.Event()
         self._died: FatalAdapterError | None = None  # a supervised task's end
+        self.progress = Progress(self._store)  # main's watchdog reads it
         self.link_up = False  # between READY/RESUMED and the end of that connection
 
     # ------------------------------------------------------------------ lifecycle
@@ -480,7 +482,9 @@ class QQBotAdapter:
         if op == Op.HEARTBEAT_ACK:
             assert conn.monitor is not None
             conn.monitor.ack(asyncio.get_running_loop().time())
+            self.progress.answered()
         elif op == Op.DISPATCH:
+            self.progress.moved()
             await self._on_dispatch(conn, payload.get("t"), payload.get("d"), self.seq)
             self._persist()
         elif op == Op.RECONNECT:
@@ -595,11 +599,13 @@ class QQBotAdapter:
         while True:
             try:
                 reply = await self._relay.deliver(inbound)
+                self.progress.delivered()
                 break
             except Exception as exc:  # BackendError or anything else: keep the message, retry
                 failures += 1
                 delays = self.settings.backend_delays
                 delay = delays[min(failures, len(delays)) - 1]
+                self.progress.moved(delay)  # an attempt: holding the message is not a stall
                 metrics.ERRORS.labels(platform=PLATFORM, code=BACKEND_ERROR).inc()
                 kind = "" if isinstance(exc, BackendError) else f"{type(exc).__name__}: "
                 text = (f"{kind}{_describe(exc)}; message held, retry {failures} in "

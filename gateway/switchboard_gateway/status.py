@@ -51,7 +51,7 @@ VERSION = "v1alpha1"
 PLURAL = "platformconnections"
 FIELD_MANAGER = GATEWAY_MANAGER
 # Auxiliary gateway-owned fields a new process carries over from the previous one.
-CARRIED_FIELDS = (Field.QQ_SESSION, Field.DEAD_LETTERS)
+CARRIED_FIELDS = (Field.QQ_SESSION, Field.DEAD_LETTERS, Field.LAST_ACTIVITY)
 
 
 class StatusWriter(Protocol):

@@ -50,6 +50,7 @@ from switchboard_gateway.adapter import (
     supervise,
 )
 from switchboard_gateway.config import GatewayConfig
+from switchboard_gateway.progress import Progress
 from switchboard_gateway.redact import describe
 
 log = logging.getLogger("switchboard.telegram")
@@ -146,6 +147,7 @@ class TelegramAdapter:
         # Groups that became supergroups: old chat id -> new one (replies go to the new one).
         self._moved: OrderedDict[int, int] = OrderedDict()
         self._store = sink if isinstance(sink, FieldStore) else None
+        self.progress = Progress(self._store)  # main's watchdog reads it
 
     # ------------------------------------------------------------------ main loop
 
@@ -184,6 +186,7 @@ class TelegramAdapter:
                 updates = await self._call(self.bot.get_updates(
                     offset=self.offset, timeout=timeout, allowed_updates=ALLOWED_UPDATES,
                     read_timeout=self.config.probe_timeout))
+                self.progress.answered()
                 if not self.connected:
                     self.connected = True
                     # Not awaited: the write lands within a second, messages flow meanwhile.
@@ -207,6 +210,7 @@ class TelegramAdapter:
                 if verdict.action is proto.PollAction.WAIT:
                     # Flood control: Telegram says when to come back. Not a failure.
                     log.warning("rate limited by Telegram: waiting %.0fs", verdict.wait)
+                    self.progress.moved(verdict.wait)
                     await self._sleep(verdict.wait)
                 elif verdict.action is proto.PollAction.CONFLICT:
                     conflicts += 1
@@ -294,12 +298,14 @@ class TelegramAdapter:
                 failures += 1
                 metrics.ERRORS.labels(PLATFORM, BACKEND_ERROR).inc()
                 delay = self.policy.delay(min(failures, 30))
+                self.progress.moved(delay)  # an attempt: holding the message is not a stall
                 text = (f"{short_error(exc)}; message held, retry {failures} in {delay:g}s")
                 log.warning("backend: %s", text)
                 await self.sink.report(State.CONNECTED, max_attempts=self.policy.max_attempts,
                                        error=AdapterError(BACKEND_ERROR, text, True))
                 await self._sleep(delay)
                 continue
+            self.progress.delivered()
             if failures:
                 log.info("backend accepted the held message after %d retries", failures)
                 self.sink.record(State.CONNECTED, max_attempts=self.policy.max_attempts)
@@ -318,6 +324,7 @@ class TelegramAdapter:
                 verdict = proto.send_error(exc)
                 if verdict.action is proto.SendAction.WAIT:
                     metrics.ERRORS.labels(PLATFORM, RATE_LIMITED).inc()
+                    self.progress.moved(verdict.wait)
                     await self._sleep(verdict.wait)
                     continue
                 if verdict.action is proto.SendAction.FATAL:
@@ -341,6 +348,7 @@ class TelegramAdapter:
                 chunks.clear()
                 return
             chunks.pop(0)
+            self.progress.moved()
             metrics.MESSAGES_OUT.labels(PLATFORM).inc()
 
     def _dead_letter(self, update_id: int, parsed: tuple[int, InboundMessage], reason: str,
@@ -423,6 +431,7 @@ class TelegramAdapter:
             try:
                 async with asyncio.timeout(self.config.probe_timeout):
                     await self.bot.get_me(read_timeout=self.config.probe_timeout)
+                self.progress.answered()
             except InvalidToken as exc:
                 metrics.ERRORS.labels(PLATFORM, INVALID_TOKEN).inc()
                 self._interrupt(FatalAdapterError(

@@ -110,7 +110,7 @@ async def test_relays_messages_and_reports_connected(
     assert [m["subresource"] for m in managed] == ["status"]
     owned = set(managed[0]["fieldsV1"]["f:status"])
     assert owned <= {"f:state", "f:attempt", "f:maxAttempts", "f:attempts", "f:lastError",
-                     "f:stateSince", "f:gatewayPod"}
+                     "f:stateSince", "f:gatewayPod", "f:lastActivity", "f:deadLetters"}
     assert_no_secret(gw, pconn)
 
 
