@@ -68,6 +68,7 @@ class DeadLetterReason(StrEnum):
 
     REJECTED = "rejected"  # the platform refused the reply (chat gone, bot blocked, ...)
     EXHAUSTED = "attempts_exhausted"  # every attempt of the message's budget failed
+    NOT_REPLAYED = "not_replayed"  # the platform's Resume skipped dispatches (a seq gap)
 
 
 class ErrorCode(StrEnum):

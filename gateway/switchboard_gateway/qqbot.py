@@ -41,8 +41,8 @@ import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from switchboard_contract import ErrorCode, Field
-from switchboard_gateway import metrics
+from switchboard_contract import DeadLetterReason, ErrorCode, Field
+from switchboard_gateway import dead_letters, metrics
 from switchboard_gateway.adapter import (
     AdapterError,
     BackendError,
@@ -131,6 +131,9 @@ class QQBotSettings:
     request_timeout: float = 15.0  # each REST call and the websocket opening handshake
     backend_delays: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)  # last repeats, forever
     reply_attempts: int = 5
+    # Messages held for the backend at most; past it the gateway stops reading (a resumable
+    # close) until half have been handled, then resumes: the platform replays the rest.
+    inbox_limit: int = 1000
 
     @property
     def token_base(self) -> str:
@@ -177,6 +180,7 @@ class _Outcome:
     refresh_token: bool = False
     rate_limited: bool = False
     planned: bool = False  # op 7 / op 9: reconnect at once unless it was quick
+    wait_drain: bool = False  # the inbox is full: resume once the backend caught up
     opened_at: float | None = None
     ready: bool = False
 
@@ -277,6 +281,9 @@ class QQBotAdapter:
         self._halt = asyncio.Event()
         self._died: FatalAdapterError | None = None  # a supervised task's end
         self.progress = Progress(self._store)  # main's watchdog reads it
+        self._backend_error: AdapterError | None = None  # while the backend fails
+        self._drained = asyncio.Event()  # the inbox is at or below half its limit
+        self._drained.set()
         self.link_up = False  # between READY/RESUMED and the end of that connection
 
     # ------------------------------------------------------------------ lifecycle
@@ -317,6 +324,18 @@ class QQBotAdapter:
 
     async def _after_disconnect(self, outcome: _Outcome, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
+        if outcome.wait_drain:
+            # Not a failure of the link: no ladder step, no quick-disconnect count.
+            log.warning("QQ Bot inbox full: %s", outcome.message)
+            if len(self._unhandled) > self.settings.inbox_limit // 2:
+                self._drained.clear()
+                drained = asyncio.create_task(self._drained.wait())
+                halted = asyncio.create_task(stop.wait())
+                await asyncio.wait({drained, halted}, return_when=asyncio.FIRST_COMPLETED)
+                drained.cancel()
+                halted.cancel()
+            log.info("QQ Bot inbox at %d: resuming", len(self._unhandled))
+            return
         quick = self.ladder.on_disconnect(opened_at=outcome.opened_at, ready=outcome.ready,
                                           now=loop.time())
         message = redact(outcome.message)
@@ -477,7 +496,24 @@ class QQBotAdapter:
     async def _on_payload(self, conn: _Conn, payload: dict[str, Any]) -> _Outcome | None:
         op = payload.get("op")
         s = payload.get("s")
+        if op == Op.DISPATCH and payload.get("t") not in ("READY", "RESUMED") \
+                and len(self._unhandled) >= self.settings.inbox_limit:
+            # Back-pressure: this dispatch is not taken (seq stays before it), the connection
+            # is closed resumably, and Resume after the backend caught up replays it and
+            # everything after it. Memory stays bounded however long the backend is down.
+            return _Outcome(BACKEND_ERROR, f"{len(self._unhandled)} messages held for the "
+                            "backend: not reading more until it has taken half of them",
+                            cause=Cause.CLOSE_CODE, planned=True, next=Next.RESUME,
+                            wait_drain=True)
         if isinstance(s, int) and not isinstance(s, bool):
+            if op == Op.DISPATCH and self.seq is not None and s > self.seq + 1:
+                # Every dispatch of a session has the next seq: a gap is what the platform
+                # did not replay on Resume (its buffer is bounded). Lost: say so.
+                dead_letters.record(
+                    self._store, PLATFORM, DeadLetterReason.NOT_REPLAYED, chat_id="",
+                    message_id="", count=s - self.seq - 1,
+                    detail=f"the platform did not replay dispatches {self.seq + 1}..{s - 1} "
+                           "on Resume")
             self.seq = s
         if op == Op.HEARTBEAT_ACK:
             assert conn.monitor is not None
@@ -521,7 +557,9 @@ class QQBotAdapter:
         self._restored = False
         log.info("QQ Bot gateway %s (session %s)", how, self.session_id)
         # Not awaited: the reader must keep reading ACKs; reports stay in order (see _report).
-        self._report_later(State.CONNECTED, max_attempts=self.settings.max_attempts)
+        # A backend still failing stays in the report: a reconnect does not make it healthy.
+        self._report_later(State.CONNECTED, max_attempts=self.settings.max_attempts,
+                           error=self._backend_error)
 
     def _task_died(self, error: FatalAdapterError) -> None:
         """A background task ended by itself: the adapter stops with a retryable fatal."""
@@ -587,6 +625,8 @@ class QQBotAdapter:
             if handled:
                 with contextlib.suppress(ValueError):
                     self._unhandled.remove(item)
+                if len(self._unhandled) <= self.settings.inbox_limit // 2:
+                    self._drained.set()
                 self._persist()
 
     async def _handle(self, message: ChatMessage, stop: asyncio.Event) -> bool:
@@ -611,15 +651,17 @@ class QQBotAdapter:
                 text = (f"{kind}{_describe(exc)}; message held, retry {failures} in "
                         f"{_secs(delay)}")
                 log.warning("backend: %s", text)
+                self._backend_error = AdapterError(BACKEND_ERROR, text, True)
                 if self.link_up:  # as Telegram: connected, with the backend's error attached
                     await self._report(State.CONNECTED, max_attempts=self.settings.max_attempts,
-                                       error=AdapterError(BACKEND_ERROR, text, True))
+                                       error=self._backend_error)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 if stop.is_set():
                     return False
         if failures:
             log.info("backend accepted the held message after %d retries", failures)
+            self._backend_error = None
             if self.link_up:
                 await self._report(State.CONNECTED, max_attempts=self.settings.max_attempts)
         metrics.MESSAGES_IN.labels(platform=PLATFORM).inc()

@@ -35,8 +35,7 @@ from telegram.error import InvalidToken, RetryAfter, TelegramError
 from telegram.request import HTTPXRequest
 
 from switchboard_contract import DeadLetterReason, ErrorCode
-from switchboard_contract import Field as F
-from switchboard_gateway import metrics
+from switchboard_gateway import dead_letters, metrics
 from switchboard_gateway import telegram_protocol as proto
 from switchboard_gateway.adapter import (
     AdapterError,
@@ -356,17 +355,9 @@ class TelegramAdapter:
         """Give up on answering one update: counted and named by chat and message id (never
         its text); the offset moves on. The operator posts a Warning Event for it."""
         message = parsed[1]
-        metrics.DEAD_LETTERS.labels(PLATFORM, reason).inc()
-        log.warning("dead letter: update %d (chat %s, message %s): %s: %s", update_id,
-                    message.chat_id, message.message_id, reason, detail)
-        if self._store is None:
-            return
-        previous = self._store.field(F.DEAD_LETTERS) or {}
-        self._store.set_field(F.DEAD_LETTERS, {
-            "count": int(previous.get("count") or 0) + 1,
-            "last": {"chatId": message.chat_id, "messageId": message.message_id,
-                     "reason": str(reason), "message": detail[:300],
-                     "time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}})
+        dead_letters.record(self._store, PLATFORM, reason, chat_id=message.chat_id,
+                            message_id=message.message_id,
+                            detail=f"update {update_id}: {detail}")
 
     # ------------------------------------------------------------------ plumbing
 

@@ -118,6 +118,7 @@ class FakeQQ(FakeServer[SentMessage]):
         heartbeat_interval_ms: int = 41250,
         heartbeat_timeout_factor: float | None = 2.0,
         resume_window: float = 300.0,
+        replay_limit: int = 1000,
         bot_name: str = "Switchboard Fake Bot",
         dedupe_msg_seq: bool = True,
     ) -> None:
@@ -130,6 +131,9 @@ class FakeQQ(FakeServer[SentMessage]):
         # None disables that.
         self.heartbeat_timeout_factor = heartbeat_timeout_factor
         self.resume_window = resume_window
+        # Dispatches a session keeps for Resume; older ones are not replayed (the real
+        # platform's buffer is bounded too; its size is not documented).
+        self.replay_limit = replay_limit
         self.bot_user = {"id": str(6 * 10**18 + secrets.randbelow(10**18)),
                          "username": bot_name, "bot": True, "status": 1}
         # The platform rejects a second reply with the same (msg_id, msg_seq).
@@ -605,7 +609,8 @@ class FakeQQ(FakeServer[SentMessage]):
             self._close(conn, armed[0], armed[1])
             return
         self._detach(conn)
-        session = _Session(str(uuid.uuid4()), intents, shard)
+        session = _Session(str(uuid.uuid4()), intents, shard,
+                           events=deque(maxlen=self.replay_limit))
         self._sessions.append(session)
         self._attach(conn, session)
         session.seq += 1
