@@ -169,7 +169,10 @@ class TelegramAdapter:
 
     async def _poll_loop(self) -> None:
         attempt = 0  # network ladder
-        conflicts = 0  # 409 ladder
+        # 409 ladder, over a window that outlasts the whole ladder twice (see ConflictWindow).
+        window = proto.ConflictWindow(2 * sum(
+            self.policy.conflict_delay(n) for n in range(1, self.policy.conflict_retries + 2)))
+        loop = asyncio.get_running_loop()
         initialized = False
         while not self._stop.is_set():
             try:
@@ -195,7 +198,7 @@ class TelegramAdapter:
                 # A whole cycle went through (polled, and every update handled): only now do
                 # the ladders start again. A reply that keeps failing therefore climbs the
                 # ladder, and its update's budget ends it, instead of resetting forever.
-                attempt = conflicts = 0
+                attempt = 0
             except (_Stopped, FatalAdapterError):
                 raise
             except (*CALL_ERRORS, _LinkDead) as exc:
@@ -212,7 +215,7 @@ class TelegramAdapter:
                     self.progress.moved(verdict.wait)
                     await self._sleep(verdict.wait)
                 elif verdict.action is proto.PollAction.CONFLICT:
-                    conflicts += 1
+                    conflicts = window.conflict(loop.time())
                     message = f"another process polls with this bot token: {message}"
                     if conflicts > self.policy.conflict_retries:
                         raise FatalAdapterError(

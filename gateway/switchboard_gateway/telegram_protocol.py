@@ -107,6 +107,22 @@ def send_error(exc: BaseException) -> Verdict:
 
 
 @dataclass
+class ConflictWindow:
+    """409 Conflicts counted over a sliding window, not since the last good poll: with two
+    pollers on one token every other poll succeeds, so a counter reset by success never gets
+    anywhere (status flaps connected <-> retrying 1/N forever). ``window`` seconds without a
+    conflict forget them."""
+
+    window: float
+    times: list[float] = field(default_factory=list)
+
+    def conflict(self, now: float) -> int:
+        """Record one at ``now``; how many there were within the window."""
+        self.times = [t for t in self.times if now - t <= self.window] + [now]
+        return len(self.times)
+
+
+@dataclass
 class UpdateBudget:
     """Failed attempts per update id; an update past ``limit`` is dead-lettered."""
 

@@ -3,6 +3,8 @@ scripted in the fake), status in a real PlatformConnection."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from test_telegram_gateway import StartGateway, metric, start_connected, telegram_env
 
@@ -72,3 +74,25 @@ async def test_a_reply_that_keeps_failing_uses_its_budget_then_the_bot_moves_on(
     assert len(sends) == UPDATE_ATTEMPTS + 1
     await pconn.wait_state("connected")
     await gw.terminate()
+
+
+async def test_two_pollers_on_one_token_end_in_polling_conflict(
+        pconn: PConn, make_pconn: Any, fake: FakeTelegram, gateway: StartGateway) -> None:
+    """Two gateways poll with one token: every newer getUpdates ends the older one with 409,
+    and each one's polls succeed in between. Before, every good poll reset the count, so the
+    status flapped connected <-> retrying 1/N forever and no Warning came; now the conflicts
+    are counted over a window and the connection ends non-retryable PollingConflict."""
+    other = make_pconn("telegram")
+    env = telegram_env(pconn, fake, SWITCHBOARD_TELEGRAM_CONFLICT_RETRIES="3",
+                       SWITCHBOARD_POLL_TIMEOUT="2")
+    first = await start_connected(gateway, env, pconn, fake)
+    # The other one is more patient, so this one is the first to give up.
+    second = gateway(telegram_env(other, fake, SWITCHBOARD_TELEGRAM_CONFLICT_RETRIES="50",
+                                  SWITCHBOARD_POLL_TIMEOUT="2"))
+    await second.wait_serving()
+    status = await pconn.wait_state("fatal", timeout=60)
+    assert status["lastError"]["code"] == "telegram_polling_conflict"
+    assert status["lastError"]["retryable"] is False
+    assert "connected" in pconn.states()  # it did poll successfully in between
+    await first.terminate()
+    await second.terminate()

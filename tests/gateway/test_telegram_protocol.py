@@ -18,6 +18,7 @@ from telegram.error import (
 
 from switchboard_contract import DeadLetterReason, ErrorCode
 from switchboard_gateway.telegram_protocol import (
+    ConflictWindow,
     PollAction,
     SendAction,
     UpdateBudget,
@@ -75,3 +76,10 @@ def test_each_update_has_its_own_budget() -> None:
     assert budget.failed(11) is False  # another update starts afresh
     budget.done(10)
     assert budget.failed(10) is False
+
+
+def test_conflicts_count_over_a_window_not_since_the_last_good_poll() -> None:
+    window = ConflictWindow(window=60)
+    assert [window.conflict(t) for t in (0, 10, 20)] == [1, 2, 3]  # good polls in between
+    assert window.conflict(75) == 2  # the ones at 0 and 10 are older than the window
+    assert window.conflict(200) == 1
