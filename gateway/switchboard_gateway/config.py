@@ -99,6 +99,8 @@ class GatewayConfig:
     backend_echo: bool = False
     backend_timeout: float = 10.0
     telegram_token: Secret | None = None
+    # Where the token comes from, for messages (set by the operator: "Secret x, key y").
+    telegram_token_source: str = "SWITCHBOARD_TELEGRAM_TOKEN"
     telegram_reconnect: TelegramReconnect = field(default_factory=TelegramReconnect)
     qq_app_id: str | None = None
     qq_client_secret: Secret | None = None
@@ -181,14 +183,16 @@ class GatewayConfig:
 
         reconnect = _reconnect_json(get("SWITCHBOARD_RECONNECT"), errors)
         telegram_token: Secret | None = None
+        token_source = get("SWITCHBOARD_TELEGRAM_TOKEN_SOURCE") or "SWITCHBOARD_TELEGRAM_TOKEN"
         qq_app_id: str | None = None
         qq_secret: Secret | None = None
         telegram_reconnect = TelegramReconnect()
         qq_reconnect = QQReconnect()
         qq_intents: int | None = None
         if platform == "telegram":
-            token = need("SWITCHBOARD_TELEGRAM_TOKEN")
-            telegram_token = Secret(token) if token else None
+            # Empty or malformed is the adapter's to report, as invalid credentials naming the
+            # Secret and key, not a configuration error naming a variable nobody set.
+            telegram_token = Secret(get("SWITCHBOARD_TELEGRAM_TOKEN") or "")
             telegram_reconnect = _telegram_reconnect(
                 reconnect, get("SWITCHBOARD_TELEGRAM_CONFLICT_RETRIES"), errors)
         elif platform == "qqbot":
@@ -214,6 +218,7 @@ class GatewayConfig:
             backend_echo=backend_echo,
             backend_timeout=backend_timeout,
             telegram_token=telegram_token,
+            telegram_token_source=token_source,
             telegram_reconnect=telegram_reconnect,
             qq_app_id=qq_app_id,
             qq_client_secret=qq_secret,

@@ -121,6 +121,12 @@ class TelegramAdapter:
     def __init__(self, config: GatewayConfig, sink: StatusSink, relay: Relay,
                  *, bot: Bot | None = None) -> None:
         assert config.telegram_token is not None
+        problem = proto.token_problem(config.telegram_token.reveal())
+        if problem is not None and bot is None:
+            metrics.ERRORS.labels(PLATFORM, INVALID_TOKEN).inc()
+            raise FatalAdapterError(
+                INVALID_TOKEN, f"the bot token in {config.telegram_token_source} {problem}",
+                False)
         self.config = config
         self.policy = config.telegram_reconnect
         self.sink = sink

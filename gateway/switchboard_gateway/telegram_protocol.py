@@ -29,6 +29,7 @@ returned was handled (answered or dead-lettered).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -104,6 +105,23 @@ def send_error(exc: BaseException) -> Verdict:
         return Verdict(SendAction.DEAD, ErrorCode.TELEGRAM_SEND_FAILED,
                        reason=DeadLetterReason.REJECTED)
     return Verdict(SendAction.RETRY, ErrorCode.TELEGRAM_NETWORK_ERROR)
+
+
+# What BotFather hands out: the bot's id, a colon, then letters, digits, '-' and '_'.
+TOKEN_SHAPE = re.compile(r"\d{1,20}:[A-Za-z0-9_-]{20,100}")
+
+
+def token_problem(token: str) -> str | None:
+    """What is wrong with a bot token before it is ever sent (None: nothing visible). A token
+    with a line break inside (a Secret made from a file with two lines) would otherwise fail
+    as an invalid URL, a network error that walks the whole restart ladder."""
+    if not token:
+        return "is empty"
+    if any(c.isspace() for c in token):
+        return "contains a space or a line break"
+    if not TOKEN_SHAPE.fullmatch(token):
+        return "is not shaped like a bot token (<bot id>:<secret> from BotFather)"
+    return None
 
 
 @dataclass

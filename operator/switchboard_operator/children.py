@@ -146,6 +146,8 @@ def gateway_env(body: Mapping[str, Any], ref: SecretRef | None) -> list[dict[str
         for var, key in ref.keys.items():
             env.append({"name": var,
                         "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}})
+            # Where it comes from (no value), so the gateway's messages name the Secret.
+            env.append({"name": f"{var}_SOURCE", "value": f"Secret {ref.name}, key {key}"})
     env += [
         {"name": "SWITCHBOARD_POD_NAME",
          "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},

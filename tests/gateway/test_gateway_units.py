@@ -112,7 +112,6 @@ def test_config_defaults_and_overrides() -> None:
 @pytest.mark.parametrize(("change", "message"), [
     ({"SWITCHBOARD_CONNECTION": ""}, "SWITCHBOARD_CONNECTION is required"),
     ({"SWITCHBOARD_PLATFORM": "irc"}, "SWITCHBOARD_PLATFORM must be one of"),
-    ({"SWITCHBOARD_TELEGRAM_TOKEN": ""}, "SWITCHBOARD_TELEGRAM_TOKEN is required"),
     ({"SWITCHBOARD_BACKEND_URL": "http://x/relay"}, "exactly one of SWITCHBOARD_BACKEND_URL"),
     ({"SWITCHBOARD_BACKEND_ECHO": "maybe"}, "SWITCHBOARD_BACKEND_ECHO must be true or false"),
     ({"SWITCHBOARD_RECONNECT": "[1]"}, "SWITCHBOARD_RECONNECT must be a JSON object"),

@@ -83,3 +83,16 @@ def test_conflicts_count_over_a_window_not_since_the_last_good_poll() -> None:
     assert [window.conflict(t) for t in (0, 10, 20)] == [1, 2, 3]  # good polls in between
     assert window.conflict(75) == 2  # the ones at 0 and 10 are older than the window
     assert window.conflict(200) == 1
+
+
+@pytest.mark.parametrize(("token", "problem"), [
+    ("", "is empty"),
+    ("123456789:AAFakeTokenForSwitchboard\nTests0123", "line break"),
+    ("123456789:AAFake TokenForSwitchboardTests0123", "space"),
+    ("not-a-token", "not shaped like a bot token"),
+    ("123456789:AAFakeTokenForSwitchboardTests0123", None),
+])
+def test_a_malformed_token_is_named_before_it_is_sent(token: str, problem: str | None) -> None:
+    from switchboard_gateway.telegram_protocol import token_problem
+    found = token_problem(token)
+    assert (found is None) if problem is None else (found is not None and problem in found)
