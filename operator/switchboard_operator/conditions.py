@@ -389,7 +389,13 @@ def _code(i: ReadyInputs) -> str:
 
 
 def _colon_message(i: ReadyInputs) -> str:
-    return f": {i.error_message}" if i.error_message else ""
+    """": <the gateway's message>", without its own full stop: the sentence goes on."""
+    if not i.error_message:
+        return ""
+    message = i.error_message
+    if message.endswith(".") and not message.endswith("..."):
+        message = message[:-1]
+    return f": {message}"
 
 
 def _last_error(i: ReadyInputs) -> str:

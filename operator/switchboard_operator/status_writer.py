@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
+from switchboard_operator import conditions as cond
 from switchboard_operator import status as st
 from switchboard_operator.cache import Cache
 from switchboard_operator.circuit import Event
@@ -38,7 +39,15 @@ class StatusWriter:
         ns, name = key
         result = await self.kube.apply_status(ns, name, body["metadata"]["uid"], want.status)
         self.cache.connection("MODIFIED", result)
-        log.info("%s/%s: Ready=%s %s", ns, name, want.ready.status, want.ready.reason)
+        # INFO when Ready changes; every other write (a new attempt count in the message, a
+        # gateway's report) only at DEBUG: a busy cluster's log stays readable.
+        conditions = (body.get("status") or {}).get("conditions") or []
+        before: Mapping[str, Any] = next(
+            (c for c in conditions if c.get("type") == cond.READY), {})
+        changed = (before.get("status"), before.get("reason")) != (want.ready.status,
+                                                                   str(want.ready.reason))
+        log.log(logging.INFO if changed else logging.DEBUG, "%s/%s: Ready=%s %s", ns, name,
+                want.ready.status, want.ready.reason)
         return self.cache.connections.get(key, body), events
 
     def post(self, body: Mapping[str, Any], events: Sequence[Event]) -> None:

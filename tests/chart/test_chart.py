@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from typing import Any
@@ -192,3 +193,16 @@ spec:
     # The CRD, and with it the user's connection, survive the uninstall (crds.keep).
     cluster.kubectl("get", CRD)
     cluster.kubectl("-n", namespace, "get", "platformconnection/chart-bot")
+
+
+def test_the_readme_names_the_metrics_service_the_chart_makes(cluster: Cluster) -> None:
+    """Followed literally, the README's install command and its metrics paragraph agree."""
+    readme = (REPO / "README.md").read_text()
+    install = re.search(r"helm upgrade --install (\S+) (\S+) -n (\S+)", readme)
+    named = re.search(r"Service `([^`<>]+)` in\s+`([^`]+)`", readme)
+    assert install and named, "the README's install command and metrics Service"
+    release, chart, namespace = install.groups()
+    out = helm(cluster, "template", release, str(REPO / chart), "--namespace", namespace).stdout
+    services = {(d["metadata"]["name"], d["metadata"].get("namespace", namespace))
+                for d in yaml.safe_load_all(out) if d and d["kind"] == "Service"}
+    assert named.groups() in services, services

@@ -430,3 +430,11 @@ def test_a_backend_that_fails_makes_ready_false_and_delivering_says_why() -> Non
     assert delivering_condition(CONNECTED).status == "True"
     assert delivering_condition(RETRYING).status == "Unknown"
     assert ready_condition(CONNECTED).status == "True"
+
+
+def test_a_message_that_ends_a_sentence_gets_no_second_full_stop() -> None:
+    stopped = replace(BAD_TOKEN, error_message="the bot token was rejected by the server.")
+    message = ready_condition(stopped).message
+    assert "server. It is" in message and ".." not in message
+    cut = replace(BAD_TOKEN, error_message="a long platform answer...")
+    assert "answer.... It is" in ready_condition(cut).message  # an ellipsis stays one

@@ -317,3 +317,25 @@ async def test_status_is_written_only_when_it_changes_and_a_new_failure_warns_on
     again, warnings = await writer.write(K, after, want(dict(after), "Secret tg is missing"))
     assert kube.calls.count(("apply_status", "c")) == 1 and warnings == []
     assert cache.connections[K]["status"] == again["status"]
+
+
+async def test_only_a_change_of_ready_is_logged_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    cache, kube = Cache(), FakeKube()
+    writer = StatusWriter(cache, asyncio.get_running_loop().create_task)
+    writer.kube = kube  # type: ignore[assignment]
+    body = _conn()
+    kube.objects[("PlatformConnection", "n", "c")] = body
+    cache.connection("ADDED", body)
+
+    def want(current: dict[str, Any], attempt: int) -> st.Desired:
+        current = {**current, "status": {**(current.get("status") or {}), **{
+            "state": "retrying", "attempt": attempt, "maxAttempts": 10,
+            "attempts": f"{attempt}/10", "gatewayPod": "p1"}}}
+        return st.desired(current, _plan(current), secret_missing=None,
+                          rollout_in_progress=False, applied_hash="h", now=T0)
+
+    with caplog.at_level("DEBUG", logger="switchboard_operator.status_writer"):
+        after, _ = await writer.write(K, body, want(body, 1))
+        await writer.write(K, after, want(dict(after), 2))  # only the attempt count moved
+    levels = [r.levelname for r in caplog.records if "Ready=" in r.getMessage()]
+    assert levels == ["INFO", "DEBUG"]
