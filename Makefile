@@ -47,8 +47,18 @@ cluster-status: ## processes and memory of the local cluster
 install: binaries ## apply the CRDs to the current kubeconfig
 	PATH="$$(bash hack/build-binaries.sh | tr '\n' ':')$$PATH" kubectl apply --server-side -f crds/
 
+# `make run` beside an installed chart: the same Lease (the chart's release namespace), so only
+# one of the two acts; its own ports are free ones on 127.0.0.1 (gateways may hold 8080/9090).
+RUN_LEASE_NAMESPACE ?= switchboard-system
+FREE_PORT = $(BIN)/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+
 run: venv install ## run the operator against the current kubeconfig
-	$(BIN)/switchboard-operator --all-namespaces
+	@health=$$($(FREE_PORT)); metrics=$$($(FREE_PORT)); \
+	lease=$$($(BIN)/python -c 'import sys; from kubernetes import client, config; config.load_kube_config(); client.CoreV1Api().read_namespace(sys.argv[1]); print(sys.argv[1])' $(RUN_LEASE_NAMESPACE) 2>/dev/null || echo default); \
+	echo "switchboard-operator: /healthz on 127.0.0.1:$$health, /metrics on 127.0.0.1:$$metrics, Lease in $$lease"; \
+	$(BIN)/switchboard-operator --all-namespaces --lease-namespace "$$lease" \
+	  --health-address 127.0.0.1 --health-port "$$health" \
+	  --metrics-address 127.0.0.1 --metrics-port "$$metrics"
 
 demo: venv binaries ## control plane, Helm chart, fake platforms, two connections, an outage
 	$(BIN)/python -m switchboard_testkit.demo --workdir $(CLUSTER_DIR)

@@ -8,10 +8,27 @@ event loop, so a wedged loop fails the probe; the body says whether this replica
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+
+
+def check_free(port: int, addresses: Sequence[str]) -> None:
+    """Raise OSError (one line: address, port, reason) if /healthz could not bind, before kopf
+    starts: a port already taken then ends the operator with that line, not a traceback."""
+    if not port:
+        return
+    for address in addresses:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot serve /healthz on {address}:{port}: "
+                                         f"{exc.strerror}") from None
 
 
 async def serve(port: int, addresses: Sequence[str],

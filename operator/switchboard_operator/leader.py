@@ -59,6 +59,7 @@ class LeaderElector:
         self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
         self._observed_at = 0.0
         self._valid_until = 0.0  # monotonic time until which this replica may act
+        self._announced = ""  # the other holder last logged
         self._mine: dict[str, Any] | None = None  # our lease as last written (for cheap renew)
 
     @property
@@ -160,6 +161,12 @@ class LeaderElector:
             self._observed, self._observed_at = record, now
         duration = int(spec.get("leaseDurationSeconds") or self.lease_seconds)
         if holder and holder != self.identity and now - self._observed_at < duration:
+            if holder != self._announced:
+                # Said once per holder: `make run` beside the chart's operator waits here.
+                self._announced = holder
+                log.warning("Lease %s/%s is held by %s: this replica waits and writes "
+                            "nothing while that operator acts", self.namespace, self.name,
+                            holder)
             return False  # someone else holds a live lease
         transitions = int(spec.get("leaseTransitions") or 0)
         if holder != self.identity:

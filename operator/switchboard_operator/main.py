@@ -9,7 +9,7 @@ import sys
 
 import kopf
 
-from switchboard_operator import __version__, metrics
+from switchboard_operator import __version__, health, metrics
 from switchboard_operator.leader import LEASE_SECONDS, RENEW_DEADLINE, RETRY_SECONDS
 from switchboard_operator.policy import Policy, PolicyError
 
@@ -98,12 +98,17 @@ def main(argv: list[str] | None = None) -> None:
     handlers.OPTIONS.namespaces = list(args.namespaces)
     handlers.OPTIONS.health_port = args.health_port
     handlers.OPTIONS.health_addresses = args.health_addresses or ["0.0.0.0"]
+    try:
+        health.check_free(args.health_port, handlers.OPTIONS.health_addresses)
+    except OSError as exc:
+        sys.exit(f"switchboard-operator: {exc.strerror} (choose another with --health-port)")
     for address in args.metrics_addresses or ["0.0.0.0"]:
         try:
             metrics.serve(args.metrics_port, address)
         except OSError as exc:
             sys.exit(f"switchboard-operator: cannot serve /metrics on "
-                     f"{address}:{args.metrics_port}: {exc.strerror}")
+                     f"{address}:{args.metrics_port}: {exc.strerror} (choose another with "
+                     "--metrics-port)")
     kopf.run(
         standalone=True,  # no kopf peering: leader.py elects with a Lease
         clusterwide=not args.namespaces,
