@@ -156,7 +156,9 @@ def on_restart_failure(state: CircuitState, policy: CircuitPolicy, now: datetime
             cooldown=min(policy.cooldown_seconds, policy.max_cooldown_seconds),
             now=now,
             reason="CircuitOpened",
-            why=f"{failures} consecutive failed restarts (threshold {policy.failure_threshold})",
+            # Failures, not restarts: the first failure comes before any restart.
+            why=f"{failures} consecutive failures of the gateway without a lasting connection "
+                f"(threshold {policy.failure_threshold})",
         )
     if state.state is Circuit.HALF_OPEN:
         previous = state.cooldown_seconds or policy.cooldown_seconds

@@ -219,7 +219,7 @@ def ready_condition(i: ReadyInputs) -> ConditionValue:
         )
         return _false(
             Reason.CIRCUIT_OPEN,
-            f"Circuit open after {i.circuit.consecutive_failures} consecutive failed restarts: "
+            f"Circuit open after {i.circuit.consecutive_failures} consecutive failures: "
             f"gateway scaled to 0{until}, then one probe runs.{_last_error(i)}",
         )
     if i.replica_failure:

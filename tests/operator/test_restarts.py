@@ -141,7 +141,7 @@ def test_circuit_opens_half_opens_reopens_and_closes(
     status = kit.status("cb")
     assert status["circuit"]["state"] == "open" and status["needsAttention"] is True
     assert status["circuit"]["cooldownSeconds"] == 2 and status["circuit"]["opens"] == 1
-    assert "2 consecutive failed restarts" in c["message"]
+    assert "2 consecutive failures" in c["message"] and "restarts" not in c["message"]
     assert kit.deployment("cb").spec.replicas == 0
     # kstatus (Flux) reads this as Failed; Argo CD's health check as Degraded.
     kinds = {x["type"]: x for x in status["conditions"]}
@@ -149,6 +149,8 @@ def test_circuit_opens_half_opens_reopens_and_closes(
     assert kinds["Reconciling"]["status"] == "False"
     (opened,) = kit.events("cb", "CircuitOpened")
     assert opened.type == "Warning"
+    # One restart happened, after the first of two failures: the Event says failures.
+    assert "2 consecutive failures" in opened.message and "failed restarts" not in opened.message
     probe_at = parse_time(status["circuit"]["nextProbeTime"]).timestamp()
 
     # Half-open after the cooldown: one replica, a probe pod.
