@@ -117,7 +117,8 @@ def build_status(state: State, *, attempt: int, max_attempts: int, error: Adapte
         Field.STATE: state.value,
         Field.ATTEMPT: attempt,
         Field.MAX_ATTEMPTS: max_attempts,
-        Field.ATTEMPTS: f"{attempt}/{max_attempts}",
+        # No ladder (a configuration error, a fatal before any attempt): "-", not "0/0".
+        Field.ATTEMPTS: f"{attempt}/{max_attempts}" if max_attempts else "-",
         Field.STATE_SINCE: state_since,
     }
     if pod:

@@ -351,6 +351,7 @@ async def test_invalid_environment_is_reported_as_fatal(
     assert status["lastError"]["code"] == "gateway_config_invalid"
     assert status["lastError"]["retryable"] is False
     assert "maxAttempts" in status["lastError"]["message"]
+    assert status["attempts"] == "-"  # no ladder ran: not "0/0" in kubectl get
     assert await gw.terminate() == 0
 
 
