@@ -108,7 +108,7 @@ def send_error(exc: BaseException) -> Verdict:
 
 
 # What BotFather hands out: the bot's id, a colon, then letters, digits, '-' and '_'.
-TOKEN_SHAPE = re.compile(r"\d{1,20}:[A-Za-z0-9_-]{20,100}")
+TOKEN_SHAPE = re.compile(r"\d{1,20}:[A-Za-z0-9_-]{1,200}")
 
 
 def token_problem(token: str) -> str | None:

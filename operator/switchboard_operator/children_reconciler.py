@@ -77,7 +77,8 @@ class ChildrenReconciler:
             return Outcome(live, apply_failed=rejected[1])  # retried when the spec changes
         if built is not None and built[0] == memo and live is not None \
                 and live["metadata"]["annotations"].get(children.ANN_APPLIED_HASH) \
-                == built[1] and not self.cache.aux_drift(key, built[2]):
+                == built[1] and live["spec"]["replicas"] == plan.replicas \
+                and not self.cache.aux_drift(key, built[2]):
             return Outcome(live)
         try:
             return Outcome(await self._apply(key, body, ref, plan, secret_hash, memo))
@@ -104,7 +105,10 @@ class ChildrenReconciler:
         want = objs[-1]["metadata"]["annotations"][children.ANN_APPLIED_HASH]
         views = {o["kind"]: children.view_hash(o["kind"], o) for o in objs[:-1]}
         if live is None \
-                or live["metadata"]["annotations"].get(children.ANN_APPLIED_HASH) != want:
+                or live["metadata"]["annotations"].get(children.ANN_APPLIED_HASH) != want \
+                or live["spec"]["replicas"] != plan.replicas:
+            # Replicas are the operator's too: a Deployment scaled by hand (3 pollers on one
+            # token, or none) is set back by the next apply (forced: it owns the field again).
             todo = objs
         else:
             drift = self.cache.aux_drift(key, views)

@@ -91,6 +91,7 @@ def test_conflicts_count_over_a_window_not_since_the_last_good_poll() -> None:
     ("123456789:AAFake TokenForSwitchboardTests0123", "space"),
     ("not-a-token", "not shaped like a bot token"),
     ("123456789:AAFakeTokenForSwitchboardTests0123", None),
+    ("4242:chart-test-token", None),  # shorter ones too: only the shape is checked
 ])
 def test_a_malformed_token_is_named_before_it_is_sent(token: str, problem: str | None) -> None:
     from switchboard_gateway.telegram_protocol import token_problem

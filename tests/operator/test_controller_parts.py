@@ -339,3 +339,17 @@ async def test_only_a_change_of_ready_is_logged_at_info(caplog: pytest.LogCaptur
         await writer.write(K, after, want(dict(after), 2))  # only the attempt count moved
     levels = [r.levelname for r in caplog.records if "Ready=" in r.getMessage()]
     assert levels == ["INFO", "DEBUG"]
+
+
+async def test_a_deployment_scaled_by_hand_is_set_back() -> None:
+    rec, kube, cache = _children()
+    body = _conn()
+    await rec.reconcile(K, body, None, _plan(body), "", None)
+    live = kube.objects[("Deployment", "n", "c-gateway")]
+    scaled = {**live, "metadata": {**live["metadata"], "resourceVersion": "99999"},
+              "spec": {**live["spec"], "replicas": 3}}
+    assert cache.deployment("MODIFIED", scaled) == K  # the watch sees `kubectl scale`
+    kube.calls.clear()
+    await rec.reconcile(K, body, None, _plan(body), "", None)
+    assert "Deployment c-gateway" in _applies(kube)
+    assert kube.objects[("Deployment", "n", "c-gateway")]["spec"]["replicas"] == 1
