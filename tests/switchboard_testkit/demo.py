@@ -203,7 +203,8 @@ Done in {time.monotonic() - T0:.0f}s. Everything still runs; explore with:
   kubectl -n {NS} get platformconnections -o wide
   kubectl -n {NS} describe platformconnection telegram-bot
 
-With a real bot on a real cluster: helm install switchboard ./helm/switchboard, then
+With a real bot on a real cluster (not this one: `helm upgrade --install` works on both):
+  helm upgrade --install switchboard ./helm/switchboard -n switchboard-system --create-namespace
   kubectl create secret generic my-bot --from-literal=token=<token from @BotFather>
   kubectl label secret my-bot switchboard.dev/credentials=true
 and a PlatformConnection like the one above without apiBaseURL (see README).
