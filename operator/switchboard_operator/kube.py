@@ -13,7 +13,7 @@ import json
 import logging
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -270,6 +270,15 @@ class Kube:
             "PATCH", connection_path(namespace, name, "status"),
             query={"fieldManager": FIELD_MANAGER, "force": "true"},
             body=body, content_type="application/apply-patch+yaml")
+
+    async def remove_status_fields(self, namespace: str, name: str, resource_version: str,
+                                   fields: Iterable[str]) -> dict[str, Any]:
+        """Remove status fields someone else wrote (a JSON merge patch: apply cannot remove a
+        field another manager owns), only if the object is still as read (resourceVersion)."""
+        body = {"metadata": {"resourceVersion": resource_version},
+                "status": {field: None for field in fields}}
+        return await self.request("PATCH", connection_path(namespace, name, "status"),
+                                  body=body, content_type="application/merge-patch+json")
 
     async def delete_pods(self, namespace: str, selector: Mapping[str, str],
                           name: str | None = None, *, uid: str | None = None) -> list[str]:

@@ -30,6 +30,7 @@ from switchboard_operator import secrets as sec
 from switchboard_operator import status as st
 from switchboard_operator.cache import Cache, resource_version
 from switchboard_operator.children_reconciler import ChildrenReconciler
+from switchboard_operator.circuit import Event
 from switchboard_operator.decide import Plan, decide
 from switchboard_operator.kube import ApiError, Kube, NotLeading, connection_path
 from switchboard_operator.restart_executor import RestartExecutor
@@ -82,6 +83,7 @@ class Controller:
             return
         if kind == "DELETED":
             self.children.forget(key)
+            self.status.forget(key)
             self.queue.forget(key)
             self.restarts.recorded(key)
             self.timers.cancel(key)
@@ -215,6 +217,7 @@ class Controller:
             return
         body: Mapping[str, Any] = cached
         ns, name = key
+        body = await self._remove_foreign_fields(key, body)
         await self._look_at_unwatched_secret(ns, body)
         plan, ref, missing, refused, secret_hash, applied_hash = self._decide(key, body,
                                                                              self.clock())
@@ -254,6 +257,28 @@ class Controller:
         self.timers.arm(key, min(wakes) if wakes else None)
         if outcome.retry_error is not None:
             raise outcome.retry_error
+
+    async def _remove_foreign_fields(self, key: Key,
+                                     body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Operator fields written by another manager are removed before anything is decided
+        from them (a Warning Event says who wrote what); the apply below then sets its own."""
+        foreign = st.foreign_fields(body)
+        if not foreign:
+            return body
+        assert self.kube is not None
+        ns, name = key
+        result = await self.kube.remove_status_fields(
+            ns, name, body["metadata"].get("resourceVersion", ""), foreign)
+        self.observe_connection("MODIFIED", result)
+        who = ", ".join(f"{field} (by {manager})" for field, manager in sorted(foreign.items()))
+        log.warning("%s/%s: removed status fields the operator owns, written by others: %s",
+                    ns, name, who)
+        self.status.post(result, [Event(
+            "Warning", "StatusFieldRemoved",
+            f"Removed status fields only the operator writes: {who}. Change the spec (or "
+            "the reset-circuit annotation) instead.")])
+        fresh: Mapping[str, Any] = self.cache.connections.get(key, result)
+        return fresh
 
     async def _look_at_unwatched_secret(self, ns: str, body: Mapping[str, Any]) -> None:
         """A referenced Secret the watch does not hold: absent, or present without the label?

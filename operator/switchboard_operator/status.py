@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from switchboard_contract import GATEWAY_FIELDS, OPERATOR_FIELDS
+from switchboard_contract import GATEWAY_FIELDS, OPERATOR_FIELDS, OPERATOR_MANAGER
 from switchboard_contract import Field as F
 from switchboard_operator import conditions as cond
 from switchboard_operator.circuit import Circuit, Event, parse_time
@@ -96,6 +96,24 @@ def current(status: Mapping[str, Any] | None) -> dict[str, Any]:
         ours = (cond.READY, cond.RECONCILING, cond.STALLED, cond.DELIVERING)
         out["conditions"] = [c for c in out["conditions"] if c.get("type") in ours]
     return out
+
+
+def foreign_fields(body: Mapping[str, Any]) -> dict[str, str]:
+    """Operator-owned status fields that another field manager owns (a `kubectl edit
+    --subresource=status`, a script): field -> that manager. Server-side apply cannot remove
+    a field another manager owns, so leaving one would make every apply differ from status,
+    and a hand-set schedule (nextRestartTime: 2099) would be obeyed."""
+    found: dict[str, str] = {}
+    for entry in (body.get("metadata") or {}).get("managedFields") or []:
+        manager = str(entry.get("manager") or "")
+        if manager == OPERATOR_MANAGER:
+            continue
+        owned = ((entry.get("fieldsV1") or {}).get("f:status")) or {}
+        for key in owned:
+            name = str(key).removeprefix("f:")
+            if name in OPERATOR_FIELDS:
+                found.setdefault(name, manager)
+    return found
 
 
 def changed(body: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

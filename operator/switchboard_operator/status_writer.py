@@ -27,6 +27,11 @@ class StatusWriter:
                  spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]) -> None:
         self.cache, self._spawn = cache, spawn
         self.kube: Kube | None = None
+        # key -> (status last applied, resourceVersion the apply returned).
+        self._last: dict[Key, tuple[dict[str, Any], str]] = {}
+
+    def forget(self, key: Key) -> None:
+        self._last.pop(key, None)
 
     async def write(self, key: Key, body: Mapping[str, Any],
                     want: st.Desired) -> tuple[Mapping[str, Any], list[Event]]:
@@ -35,9 +40,19 @@ class StatusWriter:
         assert self.kube is not None
         if not st.changed(body, want.status):
             return body, []
-        events = st.failure_events(body, want)
         ns, name = key
+        last = self._last.get(key)
+        if last is not None and last[0] == want.status \
+                and last[1] == body["metadata"].get("resourceVersion"):
+            # Applied already and nobody wrote since, yet status still differs: something the
+            # apply cannot change is in the way. Applying again would only loop.
+            log.warning("%s/%s: status still differs from the one just applied; not applying "
+                        "it again until the object changes", ns, name)
+            return body, []
+        events = st.failure_events(body, want)
         result = await self.kube.apply_status(ns, name, body["metadata"]["uid"], want.status)
+        self._last[key] = (dict(want.status),
+                           str((result.get("metadata") or {}).get("resourceVersion")))
         self.cache.connection("MODIFIED", result)
         # INFO when Ready changes; every other write (a new attempt count in the message, a
         # gateway's report) only at DEBUG: a busy cluster's log stays readable.

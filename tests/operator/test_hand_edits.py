@@ -26,3 +26,28 @@ def test_a_deployment_scaled_by_hand_is_set_back(kit: Kit, operator: Operator,
     managers = {m.manager for m in kit.deployment("scaled").metadata.managed_fields
                 if "f:replicas" in ((m.fields_v1 or {}).get("f:spec") or {})}
     assert managers == {"switchboard-operator"}
+
+
+def test_a_status_field_added_by_hand_is_removed_once_not_fought_forever(
+        kit: Kit, operator: Operator) -> None:
+    """Before: `kubectl edit --subresource=status` adding nextRestartTime made kubectl-edit
+    its owner; the operator's apply could never remove it and re-applied on every echo
+    (195 PATCH/s, the API server at 93 % CPU), and a time of 2099 would be obeyed."""
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn("edited"))
+    wait_for(lambda: kit.status("edited").get("observedGeneration") == 1, 30, "reconciled")
+    client.CustomObjectsApi(kit.api).patch_namespaced_custom_object_status(
+        "switchboard.dev", "v1alpha1", kit.ns, "platformconnections", "edited",
+        {"status": {"nextRestartTime": "2099-01-01T00:00:00Z"}}, field_manager="kubectl-edit")
+    wait_for(lambda: "nextRestartTime" not in kit.status("edited"), 15, "the field removed")
+    (event,) = kit.events("edited", "StatusFieldRemoved")
+    assert "nextRestartTime (by kubectl-edit)" in event.message
+    patches = operator.metric("switchboard_operator_api_requests_total", verb="PATCH")
+    try:  # settled: no more writes
+        wait_for(lambda: operator.metric("switchboard_operator_api_requests_total",
+                                         verb="PATCH") > patches + 2, 5, "more patches")
+    except TimeoutError:
+        pass
+    assert operator.metric("switchboard_operator_api_requests_total",
+                           verb="PATCH") <= patches + 2
+    assert "nextRestartTime" not in kit.status("edited")
