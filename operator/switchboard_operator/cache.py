@@ -57,9 +57,9 @@ class Cache:
         self.deployments: dict[Key, dict[str, Any]] = {}
         # key -> (uid, generation) of the gateway Deployment last seen completely rolled out.
         self.completed: dict[Key, tuple[str | None, int]] = {}
-        # key -> kind -> (resourceVersion, children.view_hash) of the live ServiceAccount, Role
-        # and RoleBinding.
-        self.aux: dict[Key, dict[str, tuple[int, str]]] = {}
+        # key -> kind -> (resourceVersion, children.view_hash, uid) of the live ServiceAccount,
+        # Role and RoleBinding.
+        self.aux: dict[Key, dict[str, tuple[int, str, str]]] = {}
         self.secrets = sec.SecretCache()
         # Referenced Secrets that exist without the credentials label (metadata seen only).
         self.unlabelled: set[Key] = set()
@@ -138,7 +138,7 @@ class Cache:
         if old is not None and old[0] > resource_version(obj):
             return None
         current = children.view_hash(kind, obj)
-        seen[kind] = (resource_version(obj), current)
+        seen[kind] = (resource_version(obj), current, str(meta.get("uid") or ""))
         return key if old is None or old[1] != current else None
 
     def secret(self, kind: str | None, obj: Mapping[str, Any]) -> set[Key]:
@@ -153,6 +153,10 @@ class Cache:
             changed = self.secrets.store(ns, name, obj)
         metrics.SECRETS_CACHED.set(len(self.secrets.digests))
         return set(self.secrets.users(ns, name)) if changed else set()
+
+    def service_account_uid(self, key: Key) -> str:
+        """The uid of the gateway's live ServiceAccount ("" while there is none)."""
+        return ((self.aux.get(key) or {}).get("ServiceAccount") or (0, "", ""))[2]
 
     def rolling_out(self, key: Key, live: Mapping[str, Any] | None) -> bool:
         uid, generation = self.completed.get(key, (None, None))

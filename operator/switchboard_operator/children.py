@@ -31,6 +31,9 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "switchboard-operator"}
 # Deployment rolls the pod (like `kubectl rollout restart`).
 ANN_SPEC_HASH = "switchboard.dev/spec-hash"
 ANN_SECRET_HASH = "switchboard.dev/secret-hash"
+# The uid of the gateway's ServiceAccount: one deleted by hand and recreated by the operator
+# invalidates the running pod's token, so the new uid rolls the pod (a fresh token).
+ANN_SA_UID = "switchboard.dev/serviceaccount-uid"
 # On the Deployment: hash of everything the operator applied last; equal means nothing to do
 # (this is what makes a restarted operator skip re-applying unchanged children).
 ANN_APPLIED_HASH = "switchboard.dev/applied-hash"
@@ -164,7 +167,7 @@ def gateway_env(body: Mapping[str, Any], ref: SecretRef | None) -> list[dict[str
 
 
 def deployment(body: Mapping[str, Any], ref: SecretRef | None, *, replicas: int,
-               secret_hash: str) -> dict[str, Any]:
+               secret_hash: str, sa_uid: str = "") -> dict[str, Any]:
     name = body["metadata"]["name"]
     spec = body["spec"]
     gw = spec.get("gateway") or {}
@@ -220,7 +223,8 @@ def deployment(body: Mapping[str, Any], ref: SecretRef | None, *, replicas: int,
             "template": {
                 "metadata": {"labels": labels(name),
                              "annotations": {ANN_SPEC_HASH: spec_hash(spec),
-                                             ANN_SECRET_HASH: secret_hash}},
+                                             ANN_SECRET_HASH: secret_hash,
+                                             **({ANN_SA_UID: sa_uid} if sa_uid else {})}},
                 "spec": pod_spec,
             },
         },
@@ -266,9 +270,9 @@ def view_hash(kind: str, obj: Mapping[str, Any]) -> str:
 
 
 def build(body: Mapping[str, Any], ref: SecretRef | None, *, replicas: int,
-          secret_hash: str) -> list[dict[str, Any]]:
+          secret_hash: str, sa_uid: str = "") -> list[dict[str, Any]]:
     """All children, in apply order (the Deployment last, stamped with the hash of all)."""
     objs = [service_account(body), role(body), role_binding(body),
-            deployment(body, ref, replicas=replicas, secret_hash=secret_hash)]
+            deployment(body, ref, replicas=replicas, secret_hash=secret_hash, sa_uid=sa_uid)]
     objs[-1]["metadata"]["annotations"] = {ANN_APPLIED_HASH: _hash(objs)}
     return objs

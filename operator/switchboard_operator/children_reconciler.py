@@ -41,9 +41,9 @@ class ChildrenReconciler:
     def __init__(self, cache: Cache) -> None:
         self.cache = cache
         self.kube: Kube | None = None
-        # key -> ((resourceVersion, secret hash, replicas), applied hash, view hashes of the
-        # ServiceAccount, Role and RoleBinding) of the last build.
-        self._built: dict[Key, tuple[tuple[Any, str, int], str, dict[str, str]]] = {}
+        # key -> ((resourceVersion, secret hash, replicas, ServiceAccount uid), applied hash,
+        # view hashes of the ServiceAccount, Role and RoleBinding) of the last build.
+        self._built: dict[Key, tuple[tuple[Any, str, int, str], str, dict[str, str]]] = {}
         # key -> ((generation, secret hash, replicas), the API server's message) of children
         # the API server refused as invalid: not applied again until one of those changes.
         self._rejected: dict[Key, tuple[tuple[int, str, int], str]] = {}
@@ -57,7 +57,8 @@ class ChildrenReconciler:
         assert self.kube is not None
         ns, name = key
         live = self.cache.deployments.get(key)
-        memo = (body["metadata"].get("resourceVersion"), secret_hash, plan.replicas)
+        memo = (body["metadata"].get("resourceVersion"), secret_hash, plan.replicas,
+                self.cache.service_account_uid(key))
         attempt = (int(body["metadata"].get("generation", 0)), secret_hash, plan.replicas)
         built = self._built.get(key)
         rejected = self._rejected.get(key)
@@ -93,7 +94,7 @@ class ChildrenReconciler:
 
     async def _apply(self, key: Key, body: Mapping[str, Any], ref: sec.SecretRef | None,
                      plan: Plan, secret_hash: str,
-                     memo: tuple[Any, str, int]) -> dict[str, Any] | None:
+                     memo: tuple[Any, str, int, str]) -> dict[str, Any] | None:
         """Server-side apply what changed of the gateway's objects; the live Deployment after.
 
         The ServiceAccount, Role and RoleBinding are compared by content with the live ones
@@ -101,7 +102,17 @@ class ChildrenReconciler:
         assert self.kube is not None
         ns, name = key
         live = self.cache.deployments.get(key)
-        objs = children.build(body, ref, replicas=plan.replicas, secret_hash=secret_hash)
+        applied: set[str] = set()
+        if not self.cache.service_account_uid(key):
+            # The ServiceAccount first (new, or deleted by hand): the pod template carries its
+            # uid, so a recreated one rolls the gateway onto a token that is valid again.
+            result = await self.kube.apply_or_recreate(children.service_account(body))
+            self.cache.child("ServiceAccount", "MODIFIED", result)
+            applied.add("ServiceAccount")
+        sa_uid = self.cache.service_account_uid(key)
+        memo = (*memo[:3], sa_uid)
+        objs = children.build(body, ref, replicas=plan.replicas, secret_hash=secret_hash,
+                              sa_uid=sa_uid)
         want = objs[-1]["metadata"]["annotations"][children.ANN_APPLIED_HASH]
         views = {o["kind"]: children.view_hash(o["kind"], o) for o in objs[:-1]}
         if live is None \
@@ -113,6 +124,7 @@ class ChildrenReconciler:
         else:
             drift = self.cache.aux_drift(key, views)
             todo = [o for o in objs[:-1] if o["kind"] in drift]
+        todo = [o for o in todo if o["kind"] not in applied]
         for obj in todo:
             result = await self.kube.apply_or_recreate(obj)
             if obj["kind"] == "Deployment":

@@ -57,7 +57,10 @@ class FakeKube:
     async def apply_or_recreate(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
         await self._maybe_fail("apply", f"{manifest['kind']} {meta['name']}")
-        obj = {**manifest, "metadata": {**meta, "uid": f"uid-{meta['name']}",
+        existing = self.objects.get((manifest["kind"], meta["namespace"], meta["name"]))
+        # Kept while the object lives; a new one (created again) gets a new uid.
+        uid = existing["metadata"]["uid"] if existing else f"uid-{meta['name']}-{next(_rv)}"
+        obj = {**manifest, "metadata": {**meta, "uid": uid,
                                        "resourceVersion": str(next(_rv)), "generation": 1}}
         self.objects[(manifest["kind"], meta["namespace"], meta["name"])] = obj
         return obj

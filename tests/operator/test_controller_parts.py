@@ -14,6 +14,7 @@ import pytest
 from fakekube import FakeKube
 from test_decide import T0, _body, _fatal, _merge, _persist
 
+from switchboard_operator import children as ch
 from switchboard_operator import restart_executor
 from switchboard_operator import status as st
 from switchboard_operator.cache import Cache
@@ -391,3 +392,21 @@ async def test_the_same_status_is_never_applied_twice_in_a_row() -> None:
             after, _plan(dict(after)), secret_missing=None, rollout_in_progress=False,
             applied_hash="h", now=T0))
     assert kube.calls.count(("apply_status", "c")) == 1
+
+
+async def test_a_recreated_service_account_rolls_the_gateway() -> None:
+    """Deleted by hand and recreated: the running pod's token belongs to the old one, so the
+    pod template carries the uid and changes with it."""
+    rec, kube, cache = _children()
+    body = _conn()
+    await rec.reconcile(K, body, None, _plan(body), "", None)
+    template = kube.objects[("Deployment", "n", "c-gateway")]["spec"]["template"]
+    first = template["metadata"]["annotations"][ch.ANN_SA_UID]
+    assert first == kube.objects[("ServiceAccount", "n", "c-gateway")]["metadata"]["uid"]
+    sa = kube.objects.pop(("ServiceAccount", "n", "c-gateway"))
+    cache.child("ServiceAccount", "DELETED", sa)  # `kubectl delete sa c-gateway`
+    await rec.reconcile(K, body, None, _plan(body), "", None)
+    new_uid = kube.objects[("ServiceAccount", "n", "c-gateway")]["metadata"]["uid"]
+    template = kube.objects[("Deployment", "n", "c-gateway")]["spec"]["template"]
+    assert new_uid != first and template["metadata"]["annotations"][ch.ANN_SA_UID] == new_uid
+    assert _applies(kube).count("ServiceAccount c-gateway") == 2  # not twice per reconcile

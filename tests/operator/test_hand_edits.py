@@ -51,3 +51,23 @@ def test_a_status_field_added_by_hand_is_removed_once_not_fought_forever(
     assert operator.metric("switchboard_operator_api_requests_total",
                            verb="PATCH") <= patches + 2
     assert "nextRestartTime" not in kit.status("edited")
+
+
+def test_a_service_account_deleted_by_hand_rolls_the_gateway(
+        kit: Kit, operator: Operator) -> None:
+    """Before: the operator recreated it, but the running gateway kept the old (now invalid)
+    token: every status write got 401 while the connection still read connected."""
+    kit.core.create_namespaced_secret(kit.ns, secret("tg"))
+    kit.create(telegram_conn("sa"))
+    wait_for(lambda: kit.status("sa").get("observedGeneration") == 1, 30, "reconciled")
+
+    def template_uid() -> str | None:
+        annotations = kit.deployment("sa").spec.template.metadata.annotations or {}
+        return annotations.get("switchboard.dev/serviceaccount-uid")
+
+    old = kit.core.read_namespaced_service_account("sa-gateway", kit.ns).metadata.uid
+    assert template_uid() == old
+    kit.core.delete_namespaced_service_account("sa-gateway", kit.ns)
+    new = wait_for(lambda: (u := template_uid()) not in (None, old) and u, 20,
+                   "the pod template to name the new ServiceAccount")
+    assert new == kit.core.read_namespaced_service_account("sa-gateway", kit.ns).metadata.uid
