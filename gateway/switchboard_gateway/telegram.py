@@ -89,6 +89,12 @@ def short_error(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def token_rejected(exc: BaseException) -> FatalAdapterError:
+    """Telegram refused the token (401/404), when polling, sending or probing: not retryable."""
+    return FatalAdapterError(INVALID_TOKEN, f"the bot token was rejected: {short_error(exc)}",
+                             False)
+
+
 def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
     return [text[i:i + limit] for i in range(0, len(text), limit)] or [""]
 
@@ -212,9 +218,7 @@ class TelegramAdapter:
                 metrics.ERRORS.labels(PLATFORM, verdict.code).inc()
                 message = short_error(exc)
                 if verdict.action is proto.PollAction.FATAL:
-                    raise FatalAdapterError(
-                        INVALID_TOKEN, f"the bot token was rejected: {message}", False
-                    ) from None
+                    raise token_rejected(exc) from None
                 if verdict.action is proto.PollAction.WAIT:
                     # Flood control: Telegram says when to come back. Not a failure.
                     log.warning("rate limited by Telegram: waiting %.0fs", verdict.wait)
@@ -337,9 +341,7 @@ class TelegramAdapter:
                     continue
                 if verdict.action is proto.SendAction.FATAL:
                     metrics.ERRORS.labels(PLATFORM, INVALID_TOKEN).inc()
-                    raise FatalAdapterError(
-                        INVALID_TOKEN, f"the bot token was rejected: {short_error(exc)}", False
-                    ) from None
+                    raise token_rejected(exc) from None
                 if verdict.action is proto.SendAction.MIGRATE and verdict.chat_id is not None \
                         and not self._budget.failed(update_id):
                     log.info("chat %s became %s (a supergroup): replying there", chat_id,
@@ -434,8 +436,7 @@ class TelegramAdapter:
                 self.progress.answered()
             except InvalidToken as exc:
                 metrics.ERRORS.labels(PLATFORM, INVALID_TOKEN).inc()
-                self._interrupt(FatalAdapterError(
-                    INVALID_TOKEN, f"the bot token was rejected: {short_error(exc)}", False))
+                self._interrupt(token_rejected(exc))
             except RetryAfter:
                 continue
             except (*CALL_ERRORS, TimeoutError) as exc:
