@@ -79,6 +79,10 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "gateway_internal_error"  # an adapter crashed (retryable)
     GATEWAY_STALLED = "gateway_stalled"  # connected, but its loop stopped moving (retryable)
     BACKEND_ERROR = "backend_error"  # the bot backend failed on a message
+    # The poller fence (one poller per token): its Lease cannot be read or renewed. While
+    # waiting for it the gateway is `connecting`; it never reaches the platform without it.
+    LEASE_UNAVAILABLE = "gateway_lease_unavailable"
+    LEASE_LOST = "gateway_lease_lost"  # not renewed in time: polling paused until re-acquired
 
     # Telegram.
     TELEGRAM_NETWORK_ERROR = "telegram_network_error"

@@ -88,6 +88,25 @@ class QQReconnect:
 
 
 @dataclass(frozen=True)
+class LeaseTiming:
+    """The poller Lease's timings (client-go's roles, doubled: a gateway restart costs a
+    platform reconnect, an operator fail-over only a pause). A holder that has not renewed
+    within ``renew_deadline`` stops polling, at least ``seconds - renew_deadline`` before
+    another pod may take the expired Lease over."""
+
+    seconds: int = 30
+    renew_deadline: float = 20.0
+    renew_period: float = 5.0
+    wait_period: float = 1.0  # how often a waiting pod looks again
+
+    def problem(self) -> str | None:
+        if not 0 < self.renew_period < self.renew_deadline < self.seconds:
+            return ("SWITCHBOARD_POLLER_RENEW_PERIOD < SWITCHBOARD_POLLER_RENEW_DEADLINE < "
+                    "SWITCHBOARD_POLLER_LEASE_SECONDS is required")
+        return None
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     connection: str
     namespace: str
@@ -115,6 +134,10 @@ class GatewayConfig:
     poll_timeout: float = 30.0  # getUpdates long-poll timeout
     # A connected gateway whose loop moves not for this long reports fatal gateway_stalled.
     stall_after: float = 300.0
+    # The poller fence (poller_lease.py): the Lease this pod must hold to reach the platform.
+    # None (running by hand, in-process tests): no fence.
+    poller_lease: str | None = None
+    poller_lease_timing: LeaseTiming = field(default_factory=LeaseTiming)
     log_level: str = "INFO"
 
     @property
@@ -207,6 +230,22 @@ class GatewayConfig:
                 except ValueError:
                     errors.append("SWITCHBOARD_QQ_INTENTS must be an integer")
 
+        default_timing = LeaseTiming()
+        lease_seconds = number("SWITCHBOARD_POLLER_LEASE_SECONDS", default_timing.seconds,
+                               minimum=1)
+        if lease_seconds != int(lease_seconds):
+            errors.append("SWITCHBOARD_POLLER_LEASE_SECONDS must be a whole number")
+        timing = LeaseTiming(
+            seconds=int(lease_seconds),
+            renew_deadline=number("SWITCHBOARD_POLLER_RENEW_DEADLINE",
+                                  default_timing.renew_deadline, minimum=0.001),
+            renew_period=number("SWITCHBOARD_POLLER_RENEW_PERIOD", default_timing.renew_period,
+                                minimum=0.001),
+            wait_period=number("SWITCHBOARD_POLLER_WAIT_PERIOD", default_timing.wait_period,
+                               minimum=0.001))
+        if (problem := timing.problem()) is not None:
+            errors.append(problem)
+
         config = cls(
             connection=connection,
             namespace=namespace,
@@ -231,6 +270,8 @@ class GatewayConfig:
             probe_timeout=number("SWITCHBOARD_PROBE_TIMEOUT", 15.0, minimum=0.1),
             poll_timeout=number("SWITCHBOARD_POLL_TIMEOUT", 30.0),
             stall_after=number("SWITCHBOARD_STALL_AFTER", 300.0, minimum=1.0),
+            poller_lease=get("SWITCHBOARD_POLLER_LEASE"),
+            poller_lease_timing=timing,
             log_level=(get("SWITCHBOARD_LOG_LEVEL", "INFO") or "INFO").upper(),
         )
         if config.stall_after <= config.poll_timeout + config.probe_timeout:

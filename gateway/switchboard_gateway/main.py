@@ -24,7 +24,7 @@ import sys
 from typing import Any
 
 from switchboard_contract import ErrorCode
-from switchboard_gateway import redact
+from switchboard_gateway import poller_lease, redact
 from switchboard_gateway.adapter import (
     Adapter,
     AdapterError,
@@ -36,9 +36,10 @@ from switchboard_gateway.adapter import (
 )
 from switchboard_gateway.config import ConfigError, GatewayConfig
 from switchboard_gateway.health import HealthServer
+from switchboard_gateway.poller_lease import PollerLease
 from switchboard_gateway.progress import Progress
 from switchboard_gateway.relay import make_relay
-from switchboard_gateway.status import KubeStatusWriter, StatusReporter
+from switchboard_gateway.status import KubeStatusWriter, StatusReporter, load_api_client
 
 log = logging.getLogger("switchboard.gateway")
 
@@ -96,41 +97,109 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None,
              config.platform, health.health_port, health.metrics_port)
     relay = make_relay(config)
     await relay.start()
+    lease = _poller_lease(config)
     try:
-        error: BaseException | None = None
-        try:
-            adapter = make_adapter(config, reporter, relay)
-        except Exception as exc:  # e.g. the adapter module failed to import
-            error = exc
-        else:
-            task = asyncio.create_task(adapter.run(stop), name=f"{config.platform}-adapter")
-            stalls: list[FatalAdapterError] = []
-            watchdog = _watch(adapter, config, reporter, task, stalls)
-            await _wait_adapter(task, stop)
-            if watchdog is not None:
-                watchdog.cancel()
-            error = task.exception() if task.done() and not task.cancelled() else None
-            if stalls and not stop.is_set():
-                error = stalls[0]
-        if isinstance(error, FatalAdapterError):
-            log.error("adapter gave up: %s (retryable=%s)", error.error.message,
-                      error.error.retryable)
-            attempt, max_attempts = reporter.attempts
-            await reporter.report(State.FATAL, attempt=attempt, max_attempts=max_attempts,
-                                  error=error.error)
-        elif error is not None:  # a bug: still tell the operator, who restarts us
-            log.error("adapter crashed: %s", redact.describe(error), exc_info=error)
-            await reporter.report(State.FATAL, error=AdapterError(
-                ErrorCode.INTERNAL_ERROR, redact.describe(error), True))
-        # Fatal: keep serving health until the operator acts (see module docstring).
-        await stop.wait()
+        await _serve(config, reporter, relay, lease, stop)
     finally:
+        if lease is not None:
+            await lease.release()  # first: the adapter has stopped; the next pod may poll
         await relay.close()
         await reporter.close(State.DISCONNECTED, timeout=FINAL_WRITE_TIMEOUT)
         await health.stop()
         final = reporter.state.value if reporter.state else "-"
         log.info("gateway stopped (final state %s)", final)
     return 0
+
+
+def _poller_lease(config: GatewayConfig) -> PollerLease | None:
+    if config.poller_lease is None:
+        return None  # run by hand or in-process: no fence (docs/gateway.md)
+    return poller_lease.from_config(config.namespace, config.poller_lease, config.pod_name,
+                                    config.poller_lease_timing, load_api_client())
+
+
+async def _serve(config: GatewayConfig, reporter: StatusReporter, relay: Relay,
+                 lease: PollerLease | None, stop: asyncio.Event) -> None:
+    """Run the adapter while this pod holds the poller Lease; until ``stop``.
+
+    A lost Lease (not renewed in time) stops the adapter and waits for the Lease again, with a
+    fresh adapter once it is back: a pause in `connecting`, not a fatal, since nothing is wrong
+    with the connection. A fatal keeps the Lease (and the pod alive) until the operator acts.
+    """
+    async def waiting(why: AdapterError | None) -> None:
+        await reporter.report(State.CONNECTING, error=why)
+
+    while True:
+        if lease is not None and not await lease.acquire(stop, waiting):
+            return
+        lost = asyncio.Event()
+        holder = None if lease is None else asyncio.create_task(_hold(lease, lost),
+                                                                name="poller-lease")
+        try:
+            error = await _run_adapter(config, reporter, relay, stop, lost)
+            if error is None and lost.is_set() and not stop.is_set():
+                await reporter.report(State.CONNECTING, error=AdapterError(
+                    ErrorCode.LEASE_LOST, "the poller Lease was not renewed in time: polling "
+                    "paused until this pod holds it again", True))
+                continue
+            if isinstance(error, FatalAdapterError):
+                log.error("adapter gave up: %s (retryable=%s)", error.error.message,
+                          error.error.retryable)
+                attempt, max_attempts = reporter.attempts
+                await reporter.report(State.FATAL, attempt=attempt, max_attempts=max_attempts,
+                                      error=error.error)
+            elif error is not None:  # a bug: still tell the operator, who restarts us
+                log.error("adapter crashed: %s", redact.describe(error), exc_info=error)
+                await reporter.report(State.FATAL, error=AdapterError(
+                    ErrorCode.INTERNAL_ERROR, redact.describe(error), True))
+            # Fatal: keep serving health until the operator acts (see module docstring).
+            await stop.wait()
+            return
+        finally:
+            if holder is not None:
+                holder.cancel()
+                await asyncio.gather(holder, return_exceptions=True)
+
+
+async def _hold(lease: PollerLease, lost: asyncio.Event) -> None:
+    try:
+        await lease.hold()
+    finally:
+        lost.set()
+
+
+async def _run_adapter(config: GatewayConfig, reporter: StatusReporter, relay: Relay,
+                       stop: asyncio.Event, lost: asyncio.Event) -> BaseException | None:
+    """One adapter, until it ends or ``stop`` or ``lost`` fires; what it failed with."""
+    try:
+        adapter = make_adapter(config, reporter, relay)
+    except Exception as exc:  # e.g. the adapter module failed to import
+        return exc
+    halt = asyncio.Event()
+    halting = asyncio.create_task(_first_of(stop, lost, then=halt), name="adapter-halt")
+    task = asyncio.create_task(adapter.run(halt), name=f"{config.platform}-adapter")
+    stalls: list[FatalAdapterError] = []
+    watchdog = _watch(adapter, config, reporter, task, stalls)
+    try:
+        await _wait_adapter(task, halt)
+    finally:
+        halting.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
+    error = task.exception() if task.done() and not task.cancelled() else None
+    if stalls and not halt.is_set():
+        error = stalls[0]
+    return error
+
+
+async def _first_of(*events: asyncio.Event, then: asyncio.Event) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        then.set()
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def _watch(adapter: Any, config: GatewayConfig, reporter: StatusReporter,

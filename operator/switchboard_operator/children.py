@@ -1,6 +1,7 @@
-"""Pure builders of a PlatformConnection's children: ServiceAccount, Role, RoleBinding, Deployment.
+"""Pure builders of a PlatformConnection's children: ServiceAccount, Role, RoleBinding, the
+poller Lease, Deployment.
 
-All four carry an owner reference (controller=true) to the PlatformConnection, so deleting it
+All five carry an owner reference (controller=true) to the PlatformConnection, so deleting it
 lets the garbage collector remove them; the operator needs no finalizer. The gateway pod contract
 (env, ports, probes) is docs/design.md.
 """
@@ -103,8 +104,18 @@ def role(body: Mapping[str, Any]) -> dict[str, Any]:
              "resourceNames": [name], "verbs": ["get"]},
             {"apiGroups": ["switchboard.dev"], "resources": ["platformconnections/status"],
              "resourceNames": [name], "verbs": ["patch"]},
+            # The poller fence (gateway poller_lease.py): read and renew its one Lease.
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "resourceNames": [child_name(name)], "verbs": ["get", "update"]},
         ],
     }
+
+
+def poller_lease(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The Lease a gateway pod must hold to reach the platform (one poller per token). The
+    operator creates it, metadata only (the gateway's Role cannot create: RBAC cannot limit
+    create to a name); its spec belongs to the gateways, so server-side apply leaves it."""
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": _meta(body)}
 
 
 def role_binding(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,6 +169,7 @@ def gateway_env(body: Mapping[str, Any], ref: SecretRef | None) -> list[dict[str
          "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
         {"name": "SWITCHBOARD_BIND_ADDRESS",
          "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "SWITCHBOARD_POLLER_LEASE", "value": child_name(meta["name"])},
     ]
     # The user's extra env cannot override the contract (names are unique in the list).
     ours = {e["name"] for e in env}
@@ -232,15 +244,16 @@ def deployment(body: Mapping[str, Any], ref: SecretRef | None, *, replicas: int,
 
 
 # The children besides the Deployment. The Deployment is checked by its applied-hash
-# annotation; these three by their content (view() below), because a person may delete or edit
+# annotation; these four by their content (view() below), because a person may delete or edit
 # them by hand and nothing else would notice (a missing ServiceAccount only shows when the next
 # pod fails to start; a widened Role never shows).
-AUX_KINDS = ("ServiceAccount", "Role", "RoleBinding")
+AUX_KINDS = ("ServiceAccount", "Role", "RoleBinding", "Lease")
 _LABEL_KEYS = tuple(labels("x"))
 
 
 def view(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a ServiceAccount, Role or RoleBinding the operator owns, in a canonical form.
+    """The part of a ServiceAccount, Role, RoleBinding or Lease the operator owns, canonically
+    (of a Lease only labels and owners: its renewals change nothing here, so cost no reconcile).
 
     Equal for the manifest built here and the live object applied from it (the apiserver adds
     no defaults to these fields), different when someone deleted one of our labels, our owner
@@ -272,7 +285,7 @@ def view_hash(kind: str, obj: Mapping[str, Any]) -> str:
 def build(body: Mapping[str, Any], ref: SecretRef | None, *, replicas: int,
           secret_hash: str, sa_uid: str = "") -> list[dict[str, Any]]:
     """All children, in apply order (the Deployment last, stamped with the hash of all)."""
-    objs = [service_account(body), role(body), role_binding(body),
+    objs = [service_account(body), role(body), role_binding(body), poller_lease(body),
             deployment(body, ref, replicas=replicas, secret_hash=secret_hash, sa_uid=sa_uid)]
     objs[-1]["metadata"]["annotations"] = {ANN_APPLIED_HASH: _hash(objs)}
     return objs

@@ -8,7 +8,7 @@ watches and caches warm but performs no writes; on becoming leader it reconciles
 from the state in the API (status holds the whole schedule), so a fail-over resumes the schedule.
 
 Expiry is judged by the local monotonic clock from when this replica last saw the record
-change (like client-go), never by comparing renewTime with the local wall clock.
+change (like client-go, switchboard_contract.lease), never by renewTime and the wall clock.
 
 Stepping down is bounded (client-go's renew deadline): each renewal may take only what is left
 of the deadline, and past it the leader stops leading, which cancels every reconcile, pod
@@ -28,6 +28,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from switchboard_contract import lease as records
 from switchboard_operator import metrics
 from switchboard_operator.kube import ApiError, Kube, object_path
 
@@ -38,26 +39,22 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS, RENEW_DEADLINE, RETRY_SECONDS = 15, 10.0, 2.0
 
 
-def _now_micro() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class LeaderElector:
     def __init__(self, kube: Kube, namespace: str, name: str, identity: str, *,
                  lease_seconds: int = LEASE_SECONDS, renew_deadline: float = RENEW_DEADLINE,
                  retry_seconds: float = RETRY_SECONDS,
                  on_started: Callable[[], None], on_stopped: Callable[[], None],
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         if not 0 < retry_seconds < renew_deadline < lease_seconds:
             raise ValueError("need 0 < retry period < renew deadline < lease duration")
         self.kube, self.namespace, self.name, self.identity = kube, namespace, name, identity
         self.lease_seconds, self.renew_deadline = lease_seconds, renew_deadline
         self.retry = retry_seconds
-        self.monotonic = monotonic
+        self.monotonic, self.wall = monotonic, wall
         self.on_started, self.on_stopped = on_started, on_stopped
         self.leading = False
-        self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
-        self._observed_at = 0.0
+        self._observer = records.LeaseObserver()
         self._valid_until = 0.0  # monotonic time until which this replica may act
         self._announced = ""  # the other holder last logged
         self._mine: dict[str, Any] | None = None  # our lease as last written (for cheap renew)
@@ -117,19 +114,11 @@ class LeaderElector:
                  self.namespace, self.name, self.identity)
         (self.on_started if leading else self.on_stopped)()
 
-    def _spec(self, acquire: str | None, transitions: int) -> dict[str, Any]:
-        now = _now_micro()
-        spec: dict[str, Any] = {"holderIdentity": self.identity,
-                                "leaseDurationSeconds": self.lease_seconds,
-                                "renewTime": now, "leaseTransitions": transitions}
-        spec["acquireTime"] = acquire or now
-        return spec
-
     async def _try_acquire_or_renew(self) -> bool:
         if self.leading and self._mine is not None:
             # Renew with one PUT on our last write; a 409 means someone changed it: re-read.
             lease = self._mine
-            lease["spec"]["renewTime"] = _now_micro()
+            lease["spec"]["renewTime"] = records.micro_time(self.wall())
             try:
                 self._mine = await self.kube.request("PUT", self.path, body=lease)
                 return True
@@ -144,7 +133,8 @@ class LeaderElector:
                 raise
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace},
-                    "spec": self._spec(None, 0)}
+                    "spec": records.claim(None, self.identity, self.lease_seconds,
+                                          self.wall())}
             try:
                 self._mine = await self.kube.request(
                     "POST", self.path.rsplit("/", 1)[0], body=body)
@@ -154,13 +144,9 @@ class LeaderElector:
                 raise
             return True
         spec = lease.get("spec") or {}
-        holder = spec.get("holderIdentity") or ""
-        record = (holder, spec.get("renewTime") or "")
-        now = self.monotonic()
-        if record != self._observed:
-            self._observed, self._observed_at = record, now
-        duration = int(spec.get("leaseDurationSeconds") or self.lease_seconds)
-        if holder and holder != self.identity and now - self._observed_at < duration:
+        holder = self._observer.live_holder(spec, self.identity, self.monotonic(),
+                                            self.lease_seconds)
+        if holder is not None:
             if holder != self._announced:
                 # Said once per holder: `make run` beside the chart's operator waits here.
                 self._announced = holder
@@ -168,13 +154,7 @@ class LeaderElector:
                             "nothing while that operator acts", self.namespace, self.name,
                             holder)
             return False  # someone else holds a live lease
-        transitions = int(spec.get("leaseTransitions") or 0)
-        if holder != self.identity:
-            transitions += 1
-            acquire = None
-        else:
-            acquire = spec.get("acquireTime")
-        lease["spec"] = self._spec(acquire, transitions)
+        lease["spec"] = records.claim(spec, self.identity, self.lease_seconds, self.wall())
         try:
             # PUT with the resourceVersion we read: optimistic concurrency decides races.
             self._mine = await self.kube.request("PUT", self.path, body=lease)
@@ -189,8 +169,7 @@ class LeaderElector:
         try:
             lease = await self.kube.request("GET", self.path)
             if (lease.get("spec") or {}).get("holderIdentity") == self.identity:
-                lease["spec"]["holderIdentity"] = ""
-                lease["spec"]["leaseDurationSeconds"] = 1
+                lease["spec"] = records.release(lease["spec"])
                 await self.kube.request("PUT", self.path, body=lease)
         except Exception as exc:
             log.info("releasing lease failed: %s", exc)

@@ -4,8 +4,9 @@ Every watch is a ListWatch (watch_cache.py says why not kopf's): PlatformConnect
 gateway Deployments (label-selected: only the operator's), the credentials Secrets
 (label-selected on the server: cert-manager's way; an unrelated Secret is never read, data
 included: 300 unrelated 64 KiB Secrets raised peak memory from 66 to 142 MiB when kopf filtered
-them in the client), and the ServiceAccounts, Roles and RoleBindings of gateways (matched by
-label, owner or name in the client, so that removing a label by hand is seen too).
+them in the client), the ServiceAccounts, Roles and RoleBindings of gateways (matched by
+label, owner or name in the client, so that removing a label by hand is seen too), and their
+poller Leases (label-selected on the server).
 Reconciles wait until every watch has listed once (Controller.caches_listed): before that, a
 Secret would look missing and a Deployment absent.
 """
@@ -61,6 +62,15 @@ def build(kube: Kube, controller: Controller, namespaces: Sequence[str]) -> list
             controller.observe_child(kind, event, obj)
         watches.append(ListWatch(kube, scopes(namespaces, collection), observe,
                                  what=f"gateway {kind}s", keep=is_child))
+
+    # Poller Leases: selected on the server (every node's Lease renews every 10 s; filtering
+    # them here would cost a watch event each). One whose label is removed by hand arrives as
+    # DELETED, and is applied again with it.
+    def observe_lease(event: str, obj: Mapping[str, Any]) -> None:
+        controller.observe_child("Lease", event, obj)
+    watches.append(ListWatch(kube, scopes(namespaces, "/apis/coordination.k8s.io/v1/{ns}leases"),
+                             observe_lease, what="gateway poller Leases",
+                             selector=MANAGED_SELECTOR, keep=is_child))
     return watches
 
 

@@ -25,7 +25,8 @@ def test_children_have_owner_refs_security_probes_env_and_scoped_rbac(
     sa = kit.core.read_namespaced_service_account("bot-gateway", kit.ns)
     role = kit.rbac.read_namespaced_role("bot-gateway", kit.ns)
     rb = kit.rbac.read_namespaced_role_binding("bot-gateway", kit.ns)
-    for obj in (dep, sa, role, rb):
+    lease = client.CoordinationV1Api(kit.api).read_namespaced_lease("bot-gateway", kit.ns)
+    for obj in (dep, sa, role, rb, lease):
         (ref,) = obj.metadata.owner_references
         assert (ref.kind, ref.name, ref.uid, ref.controller) == ("PlatformConnection", "bot",
                                                                   uid, True)
@@ -59,15 +60,18 @@ def test_children_have_owner_refs_security_probes_env_and_scoped_rbac(
     assert (token.name, token.key) == ("tg", "token")
     assert env["SWITCHBOARD_POD_NAME"].value_from.field_ref.field_path == "metadata.name"
     assert env["SWITCHBOARD_BIND_ADDRESS"].value_from.field_ref.field_path == "status.podIP"
+    assert env["SWITCHBOARD_POLLER_LEASE"].value == "bot-gateway"
     assert env["EXTRA"].value == "1"
     annotations = dep.spec.template.metadata.annotations
     assert annotations["switchboard.dev/spec-hash"] and annotations["switchboard.dev/secret-hash"]
 
     rules: list[dict[str, Any]] = [r.to_dict() for r in role.rules]
-    # Exactly what the gateway uses: get its own connection, patch its own status.
+    # Exactly what the gateway uses: get its own connection, patch its own status, read and
+    # renew its own poller Lease.
     assert [(r["resources"], r["resource_names"], r["verbs"]) for r in rules] == [
         (["platformconnections"], ["bot"], ["get"]),
-        (["platformconnections/status"], ["bot"], ["patch"])]
+        (["platformconnections/status"], ["bot"], ["patch"]),
+        (["leases"], ["bot-gateway"], ["get", "update"])]
     assert rb.role_ref.name == "bot-gateway"
     assert [(s.kind, s.name) for s in rb.subjects] == [("ServiceAccount", "bot-gateway")]
 
@@ -144,11 +148,13 @@ def test_children_deleted_or_edited_by_hand_come_back(kit: Kit, operator: Operat
     kit.core.create_namespaced_secret(kit.ns, secret("tg"))
     kit.create(telegram_conn("heal"))
     wait_for(lambda: kit.status("heal").get("observedGeneration") == 1, 30, "reconciled")
+    leases = client.CoordinationV1Api(kit.api)
     reads = {
         "ServiceAccount": lambda: kit.core.read_namespaced_service_account("heal-gateway",
                                                                            kit.ns),
         "Role": lambda: kit.rbac.read_namespaced_role("heal-gateway", kit.ns),
         "RoleBinding": lambda: kit.rbac.read_namespaced_role_binding("heal-gateway", kit.ns),
+        "Lease": lambda: leases.read_namespaced_lease("heal-gateway", kit.ns),
         "Deployment": lambda: kit.deployment("heal"),
     }
     deletes = {
@@ -156,6 +162,7 @@ def test_children_deleted_or_edited_by_hand_come_back(kit: Kit, operator: Operat
                                                                              kit.ns),
         "Role": lambda: kit.rbac.delete_namespaced_role("heal-gateway", kit.ns),
         "RoleBinding": lambda: kit.rbac.delete_namespaced_role_binding("heal-gateway", kit.ns),
+        "Lease": lambda: leases.delete_namespaced_lease("heal-gateway", kit.ns),
         "Deployment": lambda: kit.apps.delete_namespaced_deployment("heal-gateway", kit.ns),
     }
 
@@ -168,7 +175,7 @@ def test_children_deleted_or_edited_by_hand_come_back(kit: Kit, operator: Operat
             raise
         return obj if obj.metadata.uid != old_uid else None
 
-    for kind in ("ServiceAccount", "Role", "RoleBinding", "Deployment"):
+    for kind in ("ServiceAccount", "Role", "RoleBinding", "Lease", "Deployment"):
         old = reads[kind]()
         deletes[kind]()
         new = wait_for(lambda k=kind, u=old.metadata.uid: recreated(k, u), 5,
@@ -189,6 +196,12 @@ def test_children_deleted_or_edited_by_hand_come_back(kit: Kit, operator: Operat
     wait_for(lambda: (kit.rbac.read_namespaced_role_binding("heal-gateway", kit.ns)
                       .metadata.labels.get("app.kubernetes.io/managed-by")
                       == "switchboard-operator"), 5, "the RoleBinding's label to be restored")
+    # The same for the poller Lease (watched by label on the server: it arrives as deleted).
+    leases.patch_namespaced_lease("heal-gateway", kit.ns, [
+        {"op": "remove", "path": "/metadata/labels/app.kubernetes.io~1managed-by"}])
+    wait_for(lambda: (leases.read_namespaced_lease("heal-gateway", kit.ns)
+                      .metadata.labels.get("app.kubernetes.io/managed-by")
+                      == "switchboard-operator"), 5, "the Lease's label to be restored")
 
     # Settled, nothing more is applied: changes that are not ours cost no request.
     before = wait_for(lambda: ((n := _apply_count(operator)) == _apply_count(operator) and n)
