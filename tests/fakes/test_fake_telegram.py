@@ -217,6 +217,19 @@ async def test_newer_poll_terminates_older_with_conflict(fake: FakeTelegram, bot
         assert await second_instance.get_updates(timeout=0) == ()
     with pytest.raises(Conflict, match="terminated by other getUpdates request"):
         await asyncio.wait_for(poll, WAIT)
+    # The fake records that the two were in flight together (what fence tests assert on).
+    ((first, second),) = fake.overlapping_polls()
+    assert first[0] < second[0] < first[1]
+
+
+async def test_polls_one_after_another_do_not_overlap(fake: FakeTelegram, bot: Bot) -> None:
+    for _ in range(3):
+        await bot.get_updates(timeout=0)
+    poll = asyncio.create_task(bot.get_updates(timeout=30))
+    await fake.wait_until(lambda: fake.active_polls == 1, WAIT, "poll parked")
+    poll.cancel()  # the client hangs up: the span ends when the server notices
+    await fake.wait_until(lambda: len(fake.poll_spans) == 4, WAIT, "the hung-up poll recorded")
+    assert fake.overlapping_polls() == []
 
 
 async def test_stalled_request_times_out_client_side(fake: FakeTelegram, bot: Bot) -> None:

@@ -260,7 +260,7 @@ async def test_children_are_applied_once_and_a_deleted_one_alone_again() -> None
     body = _conn()
     out = await rec.reconcile(K, body, None, _plan(body), "", None)
     assert [a.split()[0] for a in _applies(kube)] == \
-        ["ServiceAccount", "Role", "RoleBinding", "Deployment"]
+        ["ServiceAccount", "Role", "RoleBinding", "Lease", "Deployment"]
     assert out.live is not None and out.apply_failed is None
     kube.calls.clear()
     await rec.reconcile(K, body, None, _plan(body), "", None)

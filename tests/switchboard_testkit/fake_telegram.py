@@ -456,6 +456,9 @@ class FakeTelegram(FakeServer[SentMessage]):
         self._parked_polls = 0
         self.allowed_updates: list[str] | None = None
         self.call_log: deque[CallRecord] = deque(maxlen=10_000)
+        # (start, end, peer) of every getUpdates, ended by an answer or by the client hanging
+        # up: two pollers overlap when one starts before the other ended.
+        self.poll_spans: deque[tuple[float, float, str]] = deque(maxlen=10_000)
         self._methods: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {
             name.lower(): (name, handler)
             for name, handler in {
@@ -637,7 +640,14 @@ class FakeTelegram(FakeServer[SentMessage]):
         }
 
     def _calls_view(self) -> Any:
-        return {"counts": dict(self.calls), "log": list(self.call_log)}
+        return {"counts": dict(self.calls), "log": list(self.call_log),
+                "polls": list(self.poll_spans), "overlapping_polls": self.overlapping_polls()}
+
+    def overlapping_polls(self) -> list[tuple[tuple[float, float, str], tuple[float, float, str]]]:
+        """Pairs of getUpdates calls that were in flight at the same time (one poller never
+        has two: each poll starts after the previous one ended)."""
+        spans = sorted(self.poll_spans)
+        return [(a, b) for a, b in zip(spans, spans[1:], strict=False) if b[0] < a[1]]
 
     async def _handle_bot(self, request: web.Request) -> web.StreamResponse:
         token = request.match_info["token"]
@@ -646,7 +656,12 @@ class FakeTelegram(FakeServer[SentMessage]):
         params: dict[str, Any] = {}
         try:
             params = await _read_params(request)
-            response = await self._answer(token, method, params)
+            started = time.monotonic()
+            try:
+                response = await self._answer(token, method, params)
+            finally:
+                if method == "getUpdates":
+                    self.poll_spans.append((started, time.monotonic(), request.remote or ""))
         except _BadRequest as exc:
             response = _error(400, f"Bad Request: {exc}")
         except _Refused as exc:
