@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
+import itertools
 import json
 import re
 import signal
@@ -647,7 +648,7 @@ class FakeTelegram(FakeServer[SentMessage]):
         """Pairs of getUpdates calls that were in flight at the same time (one poller never
         has two: each poll starts after the previous one ended)."""
         spans = sorted(self.poll_spans)
-        return [(a, b) for a, b in zip(spans, spans[1:], strict=False) if b[0] < a[1]]
+        return [(a, b) for a, b in itertools.pairwise(spans) if b[0] < a[1]]
 
     async def _handle_bot(self, request: web.Request) -> web.StreamResponse:
         token = request.match_info["token"]
