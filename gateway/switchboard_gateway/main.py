@@ -48,12 +48,14 @@ ADAPTER_STOP_TIMEOUT = 5.0  # the pod's grace period is 30 s by default; we need
 FINAL_WRITE_TIMEOUT = 5.0
 
 
-def make_adapter(config: GatewayConfig, sink: StatusSink, relay: Relay) -> Adapter:
+def make_adapter(config: GatewayConfig, sink: StatusSink, relay: Relay,
+                 lease: PollerLease | None = None) -> Adapter:
     """Adapters are imported lazily: a Telegram gateway never loads the QQ code and vice versa."""
     if config.platform == "telegram":
         from switchboard_gateway.telegram import TelegramAdapter
 
-        return TelegramAdapter(config, sink, relay)
+        return TelegramAdapter(config, sink, relay,
+                               poll_window=None if lease is None else lease.poll_window)
     if config.platform == "qqbot":
         from switchboard_gateway.qqbot import QQBotAdapter
 
@@ -136,7 +138,7 @@ async def _serve(config: GatewayConfig, reporter: StatusReporter, relay: Relay,
         holder = None if lease is None else asyncio.create_task(_hold(lease, lost),
                                                                 name="poller-lease")
         try:
-            error = await _run_adapter(config, reporter, relay, stop, lost)
+            error = await _run_adapter(config, reporter, relay, stop, lost, lease)
             if error is None and lost.is_set() and not stop.is_set():
                 await reporter.report(State.CONNECTING, error=AdapterError(
                     ErrorCode.LEASE_LOST, "the poller Lease was not renewed in time: polling "
@@ -169,10 +171,11 @@ async def _hold(lease: PollerLease, lost: asyncio.Event) -> None:
 
 
 async def _run_adapter(config: GatewayConfig, reporter: StatusReporter, relay: Relay,
-                       stop: asyncio.Event, lost: asyncio.Event) -> BaseException | None:
+                       stop: asyncio.Event, lost: asyncio.Event,
+                       lease: PollerLease | None = None) -> BaseException | None:
     """One adapter, until it ends or ``stop`` or ``lost`` fires; what it failed with."""
     try:
-        adapter = make_adapter(config, reporter, relay)
+        adapter = make_adapter(config, reporter, relay, lease)
     except Exception as exc:  # e.g. the adapter module failed to import
         return exc
     halt = asyncio.Event()

@@ -13,8 +13,10 @@ renew deadline stops its adapter, at least ``seconds - renew_deadline`` before a
 take the expired Lease over; each renewal may use only what is left of the deadline. Written
 here rather than taken from a library: the kubernetes Python client has no leader election
 for asyncio (its ``leaderelection`` module is threaded, polls, and cannot bound a renewal).
-What no lease prevents (client-go's neither): a poll sent in time and held in the network for
-longer than ``seconds - renew_deadline``.
+A long poll outlives the moment it was sent: each getUpdates asks the server to answer within
+`poll_window()` (the time before another pod may take the Lease over), so a poll sent just
+before a pod froze is answered before its successor may poll. What no lease prevents
+(client-go's neither): a request delayed in the network itself beyond that window.
 
 The gateway's Role allows exactly ``get`` and ``update`` on this one Lease (resourceNames);
 ``create`` cannot be limited to a name, so the operator creates it. Without the Lease (403,
@@ -104,6 +106,14 @@ class PollerLease:
     def remaining(self) -> float:
         """Seconds this pod may still talk to the platform (0: it does not hold the Lease)."""
         return max(0.0, self._valid_until - self.monotonic())
+
+    def poll_window(self) -> float:
+        """Seconds within which a request sent now must be over: no other pod may take the
+        Lease before ``valid_until + seconds - renew_deadline`` (0: this pod does not hold it)."""
+        if self._valid_until == 0.0:
+            return 0.0
+        grace = self.timing.seconds - self.timing.renew_deadline
+        return max(0.0, self._valid_until + grace - self.monotonic())
 
     async def acquire(self, stop: asyncio.Event,
                       waiting: Callable[[AdapterError | None], Awaitable[None]]) -> bool:

@@ -26,7 +26,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import httpx
@@ -125,7 +125,8 @@ class TelegramAdapter:
     """One bot, long polling. Constructed as every adapter is: (config, sink, relay)."""
 
     def __init__(self, config: GatewayConfig, sink: StatusSink, relay: Relay,
-                 *, bot: Bot | None = None) -> None:
+                 *, bot: Bot | None = None,
+                 poll_window: Callable[[], float] | None = None) -> None:
         assert config.telegram_token is not None
         problem = proto.token_problem(config.telegram_token.reveal())
         if problem is not None and bot is None:
@@ -137,6 +138,9 @@ class TelegramAdapter:
         self.policy = config.telegram_reconnect
         self.sink = sink
         self.relay = relay
+        # The poller fence's window (PollerLease.poll_window): a long poll must be answered
+        # before another pod may poll. None: no fence.
+        self.poll_window = poll_window
         self.bot = bot or Bot(
             config.telegram_token.reveal(),
             base_url=config.api_base_url or DEFAULT_BASE_URL,
@@ -196,7 +200,7 @@ class TelegramAdapter:
                     initialized = True
                 # After a failure (and at start) a short poll answers at once, so `connected`
                 # is written as soon as the platform really answered, not a long poll later.
-                timeout = int(self.config.poll_timeout) if self.connected else 0
+                timeout = self._poll_timeout() if self.connected else 0
                 updates = await self._call(self.bot.get_updates(
                     offset=self.offset, timeout=timeout, allowed_updates=ALLOWED_UPDATES,
                     read_timeout=self.config.probe_timeout))
@@ -371,6 +375,10 @@ class TelegramAdapter:
                             detail=f"update {update_id}: {detail}")
 
     # ------------------------------------------------------------------ plumbing
+
+    def _poll_timeout(self) -> int:
+        window = None if self.poll_window is None else self.poll_window()
+        return proto.long_poll_timeout(self.config.poll_timeout, window)
 
     async def _call(self, aw: Awaitable[T]) -> T:
         """Await ``aw`` unless stop fires or the probe finds the link dead first."""

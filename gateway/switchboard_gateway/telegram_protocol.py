@@ -155,3 +155,11 @@ class UpdateBudget:
 
     def done(self, update_id: int) -> None:
         self.failures.pop(update_id, None)
+
+
+def long_poll_timeout(configured: float, window: float | None) -> int:
+    """getUpdates' ``timeout``: the configured one, shortened so that the server answers
+    within the poller fence's window (None: no fence), one second kept for the way back."""
+    if window is None:
+        return int(configured)
+    return max(0, min(int(configured), int(window) - 1))

@@ -17,6 +17,7 @@ import pytest
 
 from switchboard_contract import ErrorCode
 from switchboard_contract import lease as records
+from switchboard_gateway import telegram_protocol as proto
 from switchboard_gateway.adapter import AdapterError
 from switchboard_gateway.config import LeaseTiming
 from switchboard_gateway.poller_lease import LeaseApiError, PollerLease
@@ -252,3 +253,30 @@ async def test_release_against_an_unreachable_api_server_is_bounded() -> None:
     start = now()
     await a.release()  # logs; the Lease expires by itself
     assert now() - start <= 2.01 and a.remaining() == 0
+
+
+async def test_the_poll_window_ends_where_another_pod_may_take_over() -> None:
+    a = pod(Store(Lease()), "pod-a")
+    assert a.poll_window() == 0  # not held
+    assert await a.acquire(asyncio.Event(), Told())
+    assert a.poll_window() == pytest.approx(TIMING.seconds, abs=0.01)  # 20 s + 10 s grace
+    await asyncio.sleep(7)
+    assert a.poll_window() == pytest.approx(TIMING.seconds - 7, abs=0.01)
+    await a.release()
+    assert a.poll_window() == 0
+
+
+@pytest.mark.parametrize("sent_at", [0.0, 10.0, 19.5])
+async def test_a_long_poll_sent_before_a_pod_froze_is_answered_before_its_successor_polls(
+        sent_at: float) -> None:
+    """pod-a polls (the configured 30 s long poll, shortened by the fence) and freezes: no
+    renewal, no release. pod-b takes over; the server must have answered a's poll by then,
+    else the two polls overlap (409 Conflict on the real Bot API)."""
+    lease = Lease()
+    a = pod(Store(lease), "pod-a")
+    assert await a.acquire(asyncio.Event(), Told())
+    b = asyncio.create_task(pod(Store(lease), "pod-b").acquire(asyncio.Event(), Told()))
+    await asyncio.sleep(sent_at)
+    answered_by = now() + proto.long_poll_timeout(30.0, a.poll_window())
+    assert await b
+    assert answered_by < now()

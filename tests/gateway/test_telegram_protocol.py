@@ -97,3 +97,12 @@ def test_a_malformed_token_is_named_before_it_is_sent(token: str, problem: str |
     from switchboard_gateway.telegram_protocol import token_problem
     found = token_problem(token)
     assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+def test_a_long_poll_is_shortened_to_the_poller_fence_window() -> None:
+    from switchboard_gateway.telegram_protocol import long_poll_timeout
+
+    assert long_poll_timeout(30.0, None) == 30  # no fence
+    assert long_poll_timeout(30.0, 45.0) == 30  # the window is wider
+    assert long_poll_timeout(30.0, 12.7) == 11  # a second kept for the way back
+    assert long_poll_timeout(30.0, 0.4) == 0  # the window is closing: a short poll
