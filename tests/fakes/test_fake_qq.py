@@ -128,6 +128,27 @@ async def test_access_token(fake: FakeQQ, client: Client, http: aiohttp.ClientSe
     assert fake.calls["getAppAccessToken"] == 7
 
 
+async def test_every_rest_answer_is_exactly_application_json(
+    fake: FakeQQ, client: Client, http: aiohttp.ClientSession
+) -> None:
+    """qq-botpy parses a body as JSON only when Content-Type is exactly `application/json`
+    (it could not log in while the fake sent `; charset=utf-8`)."""
+    seen: list[str] = []
+    token_url = f"{fake.base_url}/app/getAppAccessToken"
+    creds = {"appId": DEFAULT_APP_ID, "clientSecret": DEFAULT_CLIENT_SECRET}
+    fake.fail_token_next(1, status=503)
+    for body in (creds, creds, {**creds, "clientSecret": "wrong"}):
+        async with http.post(token_url, json=body) as r:
+            seen.append(r.headers["Content-Type"])
+    await client.fetch_token()
+    for path, headers in (("/gateway", client.auth), ("/gateway/bot", client.auth),
+                          ("/users/@me", client.auth),
+                          ("/gateway", {"Authorization": "QQBot nope"})):
+        async with http.get(f"{fake.base_url}{path}", headers=headers) as r:
+            seen.append(r.headers["Content-Type"])
+    assert seen == ["application/json"] * 7
+
+
 async def test_tokens_expire(http: aiohttp.ClientSession) -> None:
     async with FakeQQ(token_ttl=1.0) as fake:
         client = Client(fake, http)

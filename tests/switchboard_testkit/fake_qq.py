@@ -376,7 +376,7 @@ class FakeQQ(FakeServer[SentMessage]):
         self._bump()
         if self._token_failures:
             status = self._token_failures.popleft()
-            return web.json_response({"code": 100002, "message": "internal err"}, status=status)
+            return _json({"code": 100002, "message": "internal err"}, status=status)
         try:
             # The real endpoint only understands a JSON body; anything else reads as a bad appid.
             body = await request.json()
@@ -384,11 +384,11 @@ class FakeQQ(FakeServer[SentMessage]):
             body = None
         if not isinstance(body, dict) or body.get("appId") != self.app_id:
             # Credential errors come back with HTTP 200 and no access_token.
-            return web.json_response({"code": 100007, "message": "appid invalid"})
+            return _json({"code": 100007, "message": "appid invalid"})
         if body.get("clientSecret") != self.client_secret:
-            return web.json_response({"code": 100016, "message": "invalid appsecret"})
+            return _json({"code": 100016, "message": "invalid appsecret"})
         token, remaining = self._issue_token()
-        return web.json_response(
+        return _json(
             {"access_token": token, "expires_in": str(max(1, round(remaining)))}
         )
 
@@ -401,13 +401,13 @@ class FakeQQ(FakeServer[SentMessage]):
         if request.path.endswith("/bot"):
             body |= {"shards": 1, "session_start_limit": {
                 "total": 1000, "remaining": 999, "reset_after": 86_400_000, "max_concurrency": 1}}
-        return web.json_response(body)
+        return _json(body)
 
     async def _handle_me(self, request: web.Request) -> web.Response:
         self.calls["me"] += 1
         if not self._authorized(request):
             return self._unauthorized()
-        return web.json_response({**self.bot_user, "avatar": "", "union_openid": "",
+        return _json({**self.bot_user, "avatar": "", "union_openid": "",
                                   "union_user_account": ""})
 
     async def _handle_c2c_reply(self, request: web.Request) -> web.Response:
@@ -446,7 +446,7 @@ class FakeQQ(FakeServer[SentMessage]):
                            str(uuid.uuid4()), body)
         self.sent_messages.append(sent)
         self._bump()
-        return web.json_response(
+        return _json(
             {"id": sent.id, "timestamp": datetime.now(_CN).isoformat(timespec="seconds")}
         )
 
@@ -708,9 +708,16 @@ class FakeQQ(FakeServer[SentMessage]):
         return list(self._sessions)
 
 
+def _json(data: Any, *, status: int = 200) -> web.Response:
+    """JSON as the QQ OpenAPI sends it: Content-Type exactly ``application/json``. qq-botpy
+    parses a body as JSON only then; aiohttp's json_response adds ``; charset=utf-8``."""
+    return web.Response(body=json.dumps(data).encode(), status=status,
+                        content_type="application/json")
+
+
 def _api_error(status: int, code: int, message: str) -> web.Response:
     """The OpenAPI error shape: message, code, err_code, trace_id."""
-    return web.json_response(
+    return _json(
         {"message": message, "code": code, "err_code": code, "trace_id": uuid.uuid4().hex},
         status=status,
     )
