@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ from kubernetes import client
 from opkit import Kit, Operator, install_crd, operator_rbac_kubeconfig
 
 from switchboard_testkit.cluster import Cluster
+from switchboard_testkit.controlplane import stop_pid
 
 _STARTED: dict[str, list[Operator]] = {}
 
@@ -49,6 +51,15 @@ def start_operator(request: pytest.FixtureRequest, cluster: Cluster, namespace: 
     yield start
     for op in started:
         op.stop()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Helper processes a test starts (fake platforms, backends); stopped by PID after it."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        stop_pid(proc.pid)
 
 
 @pytest.fixture

@@ -8,14 +8,12 @@ import json
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from opkit import Kit, Operator, secret, telegram_conn
 
 from switchboard_testkit.cluster import Cluster
-from switchboard_testkit.controlplane import stop_pid, wait_for
+from switchboard_testkit.controlplane import wait_for
 from switchboard_testkit.net import free_port
 
 TOKEN = "555000111:AAdeliveringTOKENforTHEoperatorTEST_z"
@@ -29,14 +27,6 @@ def _spawn(cluster: Cluster, *argv: str) -> subprocess.Popen[str]:
     line = proc.stdout.readline()
     assert line.startswith("READY "), line
     return proc
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        stop_pid(proc.pid)
 
 
 def _control(port: int, action: str, body: dict[str, Any] | None = None) -> Any:

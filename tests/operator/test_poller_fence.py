@@ -10,28 +10,18 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from kubernetes import client
 from opkit import Kit, Operator, secret, telegram_conn
 from test_delivering import _control, _spawn
 
 from switchboard_contract import Field
 from switchboard_testkit.cluster import Cluster
-from switchboard_testkit.controlplane import stop_pid, wait_for
+from switchboard_testkit.controlplane import wait_for
 from switchboard_testkit.net import free_port
 
 TOKEN = "555000222:AAfenceTOKENforTHEpollerLEASEtest_zz"
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        stop_pid(proc.pid)
 
 
 def _pid(pod: client.V1Pod) -> int:
