@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the control-plane binaries (kube-apiserver, kube-controller-manager, kubectl), etcd,
-# helm and kstatus (hack/kstatus) from pinned Go modules into a cache outside git. Idempotent: a finished binary is kept.
+# helm, kstatus (hack/kstatus), promtool and prometheus from pinned Go modules into a cache outside
+# git. Idempotent: a finished binary is kept.
 #   SWITCHBOARD_CACHE  cache root (default ~/.cache/switchboard)
 # Prints the bin directories it filled, one per line, on stdout; progress goes to stderr.
 set -euo pipefail
@@ -31,8 +32,9 @@ build() { # build DIR OUT PKG [LDFLAGS]
   if [ -x "$out" ]; then log "cached: $out"; return; fi
   local t0=$SECONDS
   log "building $(basename "$out") from $pkg ..."
-  (cd "$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg")
-  mv "$out.tmp" "$out"
+  # A temporary name per process: two builds at once (CI and a test) must not collide.
+  (cd "$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp.$$" "$pkg")
+  mv "$out.tmp.$$" "$out"
   log "built $(basename "$out") in $((SECONDS - t0)) s"
 }
 
@@ -112,7 +114,27 @@ if [ ! -x "$ks_dir/bin/kstatus" ]; then
   (cd "$ks_dir/src" && go mod tidy >/dev/null 2>&1 || true)
   build "$ks_dir/src" "$ks_dir/bin/kstatus" .
 fi
+# --- promtool and prometheus (the alert rules' unit tests and a real scrape) -----------------
+# Service discovery is left out (remove_all_sd): the tests use static targets only, and the
+# cloud SDKs it pulls in would double the build.
+prom_dir=$cache/prometheus-$PROMETHEUS_VERSION
+mkdir -p "$prom_dir/bin"
+if [ ! -x "$prom_dir/bin/promtool" ] || [ ! -x "$prom_dir/bin/prometheus" ]; then
+  wrapper "$prom_dir/src" switchboard.local/prometheus-build \
+    "require github.com/prometheus/prometheus $PROMETHEUS_VERSION"
+  printf '%s\n' '//go:build tools' '' 'package tools' '' 'import (' \
+    '	_ "github.com/prometheus/prometheus/cmd/prometheus"' \
+    '	_ "github.com/prometheus/prometheus/cmd/promtool"' ')' >"$prom_dir/src/tools.go"
+  (cd "$prom_dir/src" && go mod tidy -e >/dev/null 2>&1 || true)
+  pv=github.com/prometheus/common/version
+  export GOFLAGS="$GOFLAGS -tags=remove_all_sd"
+  for b in promtool prometheus; do
+    build "$prom_dir/src" "$prom_dir/bin/$b" "github.com/prometheus/prometheus/cmd/$b" \
+      "-X $pv.Version=${PROMETHEUS_VERSION#v} -X $pv.Branch=module"
+  done
+fi
 echo "$k8s_dir/bin"
 echo "$etcd_dir/bin"
 echo "$helm_dir/bin"
 echo "$ks_dir/bin"
+echo "$prom_dir/bin"

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
+from switchboard_testkit.binaries import Binaries
 from switchboard_testkit.cluster import Cluster
 
 
@@ -29,6 +30,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         raise
     yield c
     c.stop()
+
+
+@pytest.fixture(scope="session")
+def binaries() -> Binaries:
+    """The pinned tools (helm, promtool, prometheus, ...) without starting a cluster."""
+    return Binaries.ensure()
 
 
 @pytest.fixture(scope="session")

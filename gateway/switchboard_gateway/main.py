@@ -24,7 +24,7 @@ import sys
 from typing import Any
 
 from switchboard_contract import ErrorCode
-from switchboard_gateway import poller_lease, redact
+from switchboard_gateway import metrics, poller_lease, redact
 from switchboard_gateway.adapter import (
     Adapter,
     AdapterError,
@@ -89,6 +89,7 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None,
         reporter = StatusReporter(writer, platform=config.platform, pod_name=config.pod_name,
                                   pod_uid=config.pod_uid)
     await reporter.start()
+    metrics.initialise(config.platform)
     health = HealthServer(host=config.bind_address, health_port=config.health_port,
                           metrics_port=config.metrics_port, ready=lambda: reporter.connected,
                           state=lambda: reporter.state.value if reporter.state else "")

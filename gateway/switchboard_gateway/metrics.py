@@ -7,12 +7,17 @@ Who updates what:
 - STATE and STATUS_WRITES: the StatusReporter (status.py), on every report / API write;
 - RECONNECT_ATTEMPTS, ERRORS, MESSAGES_IN, MESSAGES_OUT, DUPLICATES, DEAD_LETTERS: the adapters;
 - BACKEND_LATENCY: the relay (relay.py), per backend request.
+
+No `namespace` or `connection` label: a gateway pod serves one connection in the connection's
+own namespace, so the scrape's target labels say both (the chart's optional PodMonitor keeps
+the pod's switchboard.dev/connection label as `connection`).
 """
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from switchboard_contract import DeadLetterReason, ErrorCode
 from switchboard_gateway.adapter import State
 
 STATE = Gauge(
@@ -68,3 +73,25 @@ def set_state(platform: str, state: State) -> None:
     for candidate in State:
         STATE.labels(platform=platform, state=candidate.value).set(
             1 if candidate is state else 0)
+
+
+def error_codes(platform: str) -> list[str]:
+    """The error codes a gateway of ``platform`` can count: its own and the shared ones."""
+    own = {"telegram": ("telegram_",), "qqbot": ("qq_", "qqbot_")}
+    every = tuple(p for prefixes in own.values() for p in prefixes)
+    return [c.value for c in ErrorCode
+            if c.value.startswith(own.get(platform, ())) or not c.value.startswith(every)]
+
+
+def initialise(platform: str) -> None:
+    """Export every labelled series at 0 before its first increment, so that rate() and
+    increase() see the first event (Prometheus' instrumentation practice)."""
+    for counter in (RECONNECT_ATTEMPTS, MESSAGES_IN, MESSAGES_OUT, DUPLICATES):
+        counter.labels(platform)
+    BACKEND_LATENCY.labels(platform)
+    for code in error_codes(platform):
+        ERRORS.labels(platform, code)
+    for reason in DeadLetterReason:
+        DEAD_LETTERS.labels(platform, reason.value)
+    for result in ("ok", "error"):
+        STATUS_WRITES.labels(result)

@@ -13,7 +13,7 @@ from typing import Any
 
 from switchboard_operator import children, metrics
 from switchboard_operator import secrets as sec
-from switchboard_operator.conditions import rollout_in_progress
+from switchboard_operator.conditions import READY, rollout_in_progress
 from switchboard_operator.restarts import Key
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ class Cache:
         # Referenced Secrets that exist without the credentials label (metadata seen only).
         self.unlabelled: set[Key] = set()
         self.states: dict[Key, str | None] = {}
+        # key -> (status, reason) of the Ready condition last exported as a metric.
+        self.ready: dict[Key, tuple[str, str]] = {}
 
     def connection(self, kind: str | None, obj: Mapping[str, Any]) -> Key | None:
         meta = obj["metadata"]
@@ -72,10 +74,13 @@ class Cache:
             self.connections.pop(key, None)
             self.aux.pop(key, None)
             self.secrets.unrefer(key)
+            ready = self.ready.pop(key, None)
             if key in self.states:
                 metrics.connection_removed(key, self.states.pop(key))
             else:
                 metrics.forget_connection(*key)
+            if ready is not None:
+                metrics.forget_connection(*key, ready_reason=ready[1])
             return key
         old = self.connections.get(key)
         if old is not None and old["metadata"].get("uid") == meta.get("uid") \
@@ -87,6 +92,13 @@ class Cache:
             metrics.connection_state_changed(key, self.states.get(key), state,
                                              known=key in self.states)
             self.states[key] = state
+        metrics.CONNECTION_RESTARTS.labels(*key).set(
+            int((obj.get("status") or {}).get("restarts") or 0))
+        ready = _ready(obj)
+        before = self.ready.get(key)
+        if before != ready:
+            metrics.connection_ready_changed(key, before[1] if before else None, *ready)
+            self.ready[key] = ready
         return key
 
     def deployment(self, kind: str | None, obj: Mapping[str, Any]) -> Key | None:
@@ -169,3 +181,11 @@ class Cache:
         seen = self.aux.get(key) or {}
         return [kind for kind, want in views.items()
                 if kind not in seen or seen[kind][1] != want]
+
+
+def _ready(obj: Mapping[str, Any]) -> tuple[str, str]:
+    """(status, reason) of the object's Ready condition; ("Unknown", "Unknown") before one."""
+    for c in (obj.get("status") or {}).get("conditions") or ():
+        if c.get("type") == READY:
+            return str(c.get("status") or "Unknown"), str(c.get("reason") or "Unknown")
+    return "Unknown", "Unknown"

@@ -26,6 +26,14 @@ HEALTH_PORT = 8080
 METRICS_PORT = 9090
 GATEWAY_UID = 65532
 
+# Resources of a gateway container whose spec.gateway.resources is unset: a namespace with a
+# ResourceQuota refuses pods without requests. Measured (docs/gateway.md): a connected gateway
+# holds ~RSS_MEASURED MiB RSS; the limit leaves room for bursts (a backlog replay, big updates).
+DEFAULT_GATEWAY_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "10m", "memory": "96Mi"},
+    "limits": {"memory": "256Mi"},
+}
+
 LABEL_CONNECTION = "switchboard.dev/connection"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "switchboard-operator"}
 # On the pod template: a spec change or a Secret rotation changes the template, so the
@@ -207,8 +215,9 @@ def deployment(body: Mapping[str, Any], ref: SecretRef | None, *, replicas: int,
     }
     if gw.get("imagePullPolicy"):
         container["imagePullPolicy"] = gw["imagePullPolicy"]
-    if gw.get("resources"):
-        container["resources"] = gw["resources"]
+    # The user's resources replace the default as a whole (a request above the default limit
+    # must not end up invalid).
+    container["resources"] = gw.get("resources") or DEFAULT_GATEWAY_RESOURCES
     pod_spec: dict[str, Any] = {
         "serviceAccountName": meta["name"],
         "automountServiceAccountToken": True,

@@ -414,6 +414,16 @@ STALLED_REASONS = frozenset({
     Reason.POLICY_VIOLATION, Reason.APPLY_FAILED, Reason.REPLICA_FAILURE})
 
 
+# Stalled reasons that retrying does not fix and that the operator does not heal on its own: a
+# person must act (the critical alert). An open circuit is Stalled for kstatus (Flux stops
+# waiting) but probes again by itself after its cool-down, so it only warns.
+NEEDS_PERSON_REASONS = STALLED_REASONS - {Reason.CIRCUIT_OPEN}
+
+
+def needs_person(ready_status: str, reason: str) -> bool:
+    return ready_status == "False" and reason in NEEDS_PERSON_REASONS
+
+
 def delivering_condition(i: ReadyInputs) -> ConditionValue:
     """Whether messages reach the backend: known only while the gateway is connected."""
     if i.gateway_state != "connected" or i.suspended:

@@ -85,7 +85,7 @@ async def configure(settings: kopf.OperatorSettings, logger: AnyLogger, **_: Any
     CONTROLLER.kube = kube.Kube(info, login=relogin, identity=OPTIONS.identity)
     try:
         runner = await health.serve(OPTIONS.health_port, OPTIONS.health_addresses,
-                                    _health_report)
+                                    _health_report, _not_ready)
     except OSError as exc:
         raise kopf.PermanentError(exc.strerror) from None
     if runner is not None:
@@ -144,6 +144,10 @@ async def cleanup(**_: Any) -> None:
     for runner in _runners:
         await runner.cleanup()
     await CONTROLLER.close()
+
+
+def _not_ready() -> str | None:
+    return None if CONTROLLER.listed else "watches have not listed their objects yet"
 
 
 def _health_report() -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""The operator's liveness endpoint, /healthz, on one or more addresses.
+"""The operator's liveness (/healthz) and readiness (/readyz) endpoints, on one or more
+addresses.
+
+/healthz answers whenever the event loop turns (a wedged loop fails it: restart). /readyz
+answers 200 only once every watch has listed its objects: before that the operator would
+decide from a partial cache, and a rolling update should not count it as up.
 
 Why not kopf's own liveness endpoint: it binds a single host taken from a URL. The chart needs
 two: the pod IP, which the kubelet probes, and 127.0.0.1, which `kubectl port-forward` reaches
@@ -31,17 +36,24 @@ def check_free(port: int, addresses: Sequence[str]) -> None:
                                          f"{exc.strerror}") from None
 
 
-async def serve(port: int, addresses: Sequence[str],
-                report: Callable[[], dict[str, Any]]) -> web.AppRunner | None:
-    """Serve /healthz on ``port`` at every address (0: off). Returns the runner to clean up."""
+async def serve(port: int, addresses: Sequence[str], report: Callable[[], dict[str, Any]],
+                ready: Callable[[], str | None] = lambda: None) -> web.AppRunner | None:
+    """Serve /healthz and /readyz on ``port`` at every address (0: off). ``ready`` returns
+    None when ready, else why not. Returns the runner to clean up."""
     if not port:
         return None
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response(report())
 
+    async def readyz(_: web.Request) -> web.Response:
+        why = ready()
+        return web.json_response({"ready": why is None, **({"reason": why} if why else {})},
+                                 status=200 if why is None else 503)
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     for address in addresses:

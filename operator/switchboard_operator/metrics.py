@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from switchboard_operator.conditions import needs_person
+
 RECONCILES = Counter("switchboard_reconciles", "Reconciles of PlatformConnections.")
 RECONCILE_ERRORS = Counter("switchboard_reconcile_errors", "Reconciles that failed.")
 RESTARTS = Counter("switchboard_restarts", "Gateway restarts by the operator, by error code.",
@@ -28,6 +30,21 @@ CONNECTIONS = Gauge("switchboard_connections",
 CONNECTION_STATE = Gauge("switchboard_connection_state",
                          "1 for the gateway's current state of each connection, else 0.",
                          ["namespace", "connection", "state"])
+# What the alerts read: Ready itself (a 60-minute outage walks retrying, fatal, a scheduled
+# restart and an open circuit; Ready stays 0 through all of them, so `for:` keeps counting) and
+# whether a person must act. One series per connection; the label carries Ready's reason.
+CONNECTION_READY = Gauge("switchboard_connection_ready",
+                         "1 while the connection's Ready condition is True, else 0; reason is "
+                         "Ready's reason.", ["namespace", "connection", "reason"])
+CONNECTION_NEEDS_PERSON = Gauge("switchboard_connection_needs_person",
+                                "1 while no retry can fix the connection (credentials, a missing "
+                                "Secret, the policy, a refused spec), else 0; reason is Ready's.",
+                                ["namespace", "connection", "reason"])
+# status.restarts as a gauge: the count the operator keeps in the API, so it survives an
+# operator restart (a counter would start again at 0) and goes with the connection.
+CONNECTION_RESTARTS = Gauge("switchboard_connection_restarts",
+                            "Gateway restarts of the connection by the operator (status.restarts).",
+                            ["namespace", "connection"])
 SECRETS_CACHED = Gauge("switchboard_secrets_cached",
                        "Credentials Secrets whose key digests the operator holds (labelled ones "
                        "only; never values).")
@@ -63,13 +80,33 @@ def connection_state_changed(key: tuple[str, str], old: str | None, new: str | N
         CONNECTION_STATE.labels(*key, state).set(1 if (new or "none") == state else 0)
 
 
+def connection_ready_changed(key: tuple[str, str], old_reason: str | None,
+                             status: str, reason: str) -> None:
+    """Ready of one connection is now ``status`` with ``reason`` (the old reason's series go)."""
+    if old_reason is not None and old_reason != reason:
+        _remove_ready(key, old_reason)
+    CONNECTION_READY.labels(*key, reason).set(1 if status == "True" else 0)
+    CONNECTION_NEEDS_PERSON.labels(*key, reason).set(1 if needs_person(status, reason) else 0)
+
+
+def _remove_ready(key: tuple[str, str], reason: str) -> None:
+    for gauge in (CONNECTION_READY, CONNECTION_NEEDS_PERSON):
+        try:
+            gauge.remove(*key, reason)
+        except KeyError:
+            pass
+
+
 def connection_removed(key: tuple[str, str], old: str | None) -> None:
     CONNECTIONS.labels(old or "none").dec()
     forget_connection(*key)
 
 
-def forget_connection(namespace: str, name: str) -> None:
+def forget_connection(namespace: str, name: str, ready_reason: str | None = None) -> None:
+    if ready_reason is not None:
+        _remove_ready((namespace, name), ready_reason)
     for gauge, labels in [(CIRCUIT_STATE, (namespace, name)),
+                          (CONNECTION_RESTARTS, (namespace, name)),
                           *((CONNECTION_STATE, (namespace, name, st)) for st in STATES)]:
         try:
             gauge.remove(*labels)

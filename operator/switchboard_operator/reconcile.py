@@ -52,6 +52,8 @@ class Controller:
         self.policy = pol.Policy()
         self.cache = Cache()
         self.queue = WorkQueue(self._reconcile_guarded, before=self._deletions_first)
+        # Every watch has listed once (readiness: decisions now see the whole cluster).
+        self.listed = False
         self.timers = Timers(self._wake, clock)
         self.restarts = RestartExecutor(clock, self.queue.spawn)
         self.children = ChildrenReconciler(self.cache)
@@ -108,6 +110,7 @@ class Controller:
         """Every watch has listed its objects: held reconciles run. Until then a reconcile
         would see every Secret as missing (and scale gateways to 0) or a Deployment as
         absent."""
+        self.listed = True
         self.queue.release_held()
 
     # -- leadership ----------------------------------------------------------------------------

@@ -116,6 +116,36 @@ def test_alerts_use_metrics_the_operator_exports(cluster: Cluster) -> None:
     assert used <= exported, used - exported
 
 
+def test_pod_monitor_selects_the_gateway_pods_and_labels_their_connection(
+        cluster: Cluster) -> None:
+    from switchboard_operator import children
+
+    cases: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+        ((), {"any": True}),
+        (("--set", "watchNamespaces={team-a}"), {"matchNames": ["team-a"]})]
+    for values, namespaces in cases:
+        monitor = next(d for d in rendered(cluster, "--set", "metrics.podMonitor.enabled=true",
+                                           *values) if d["kind"] == "PodMonitor")
+        spec = monitor["spec"]
+        assert spec["namespaceSelector"] == namespaces
+        gateway_labels = children.labels("bot")
+        assert spec["selector"]["matchLabels"].items() <= gateway_labels.items()
+        # ... and not the operator's own pod.
+        assert spec["selector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+        endpoint, = spec["podMetricsEndpoints"]
+        assert endpoint["port"] == "metrics"
+        # Prometheus' name of the pod label the operator sets, kept as `connection`.
+        source = "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_",
+                                                         children.LABEL_CONNECTION)
+        assert {"sourceLabels": [source], "targetLabel": "connection"} in endpoint["relabelings"]
+
+
+def test_service_monitor_keeps_the_connections_namespace_label(cluster: Cluster) -> None:
+    monitor = next(d for d in rendered(cluster, "--set", "metrics.serviceMonitor.enabled=true")
+                   if d["kind"] == "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+
+
 RELEASE, RELEASE_NS = "sb-life", "sb-life"
 CRD = "customresourcedefinition/platformconnections.switchboard.dev"
 

@@ -119,13 +119,15 @@ class Operator:
         assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGCONT)
 
-    def metrics(self, address: str | None = None) -> dict[str, float]:
+    def metrics_text(self, address: str | None = None) -> str:
         with urllib.request.urlopen(
                 f"http://{address or self.addresses[0]}:{self.metrics_port}/metrics",
                 timeout=5) as resp:
-            text = resp.read().decode()
+            return resp.read().decode()  # type: ignore[no-any-return]
+
+    def metrics(self, address: str | None = None) -> dict[str, float]:
         out: dict[str, float] = {}
-        for line in text.splitlines():
+        for line in self.metrics_text(address).splitlines():
             if line and not line.startswith("#"):
                 key, _, value = line.rpartition(" ")
                 out[key] = float(value)

@@ -19,6 +19,8 @@ class Binaries:
     kubectl: Path
     helm: Path
     kstatus: Path  # sigs.k8s.io/cli-utils' status library (hack/kstatus)
+    promtool: Path  # the alert rules' checks and unit tests
+    prometheus: Path  # a real scrape of the operator (static targets only)
 
     @property
     def path_dirs(self) -> list[str]:
@@ -41,4 +43,5 @@ class Binaries:
         return cls(etcd=find("etcd"), kube_apiserver=find("kube-apiserver"),
                    kube_controller_manager=find("kube-controller-manager"),
                    kubectl=find("kubectl"), helm=find("helm"),
-                   kstatus=find("kstatus"))
+                   kstatus=find("kstatus"), promtool=find("promtool"),
+                   prometheus=find("prometheus"))
