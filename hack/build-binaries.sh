@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the control-plane binaries (kube-apiserver, kube-controller-manager, kubectl), etcd,
-# helm, kstatus (hack/kstatus), promtool and prometheus from pinned Go modules into a cache outside
-# git. Idempotent: a finished binary is kept.
+# helm, kstatus (hack/kstatus), promtool, prometheus and kube-score from pinned Go modules into a
+# cache outside git. Idempotent: a finished binary is kept.
 #   SWITCHBOARD_CACHE  cache root (default ~/.cache/switchboard)
 # Prints the bin directories it filled, one per line, on stdout; progress goes to stderr.
 set -euo pipefail
@@ -133,8 +133,20 @@ if [ ! -x "$prom_dir/bin/promtool" ] || [ ! -x "$prom_dir/bin/prometheus" ]; the
       "-X $pv.Version=${PROMETHEUS_VERSION#v} -X $pv.Branch=module"
   done
 fi
+# --- kube-score (the chart's rendered manifests against common best practices) -------------
+ksc_dir=$cache/kube-score-$KUBE_SCORE_VERSION
+mkdir -p "$ksc_dir/bin"
+if [ ! -x "$ksc_dir/bin/kube-score" ]; then
+  wrapper "$ksc_dir/src" switchboard.local/kube-score-build \
+    "require github.com/zegl/kube-score $KUBE_SCORE_VERSION"
+  printf '%s\n' '//go:build tools' '' 'package tools' '' \
+    'import _ "github.com/zegl/kube-score/cmd/kube-score"' >"$ksc_dir/src/tools.go"
+  (cd "$ksc_dir/src" && go mod tidy -e >/dev/null 2>&1 || true)
+  build "$ksc_dir/src" "$ksc_dir/bin/kube-score" github.com/zegl/kube-score/cmd/kube-score
+fi
 echo "$k8s_dir/bin"
 echo "$etcd_dir/bin"
 echo "$helm_dir/bin"
 echo "$ks_dir/bin"
 echo "$prom_dir/bin"
+echo "$ksc_dir/bin"

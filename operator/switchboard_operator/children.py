@@ -27,8 +27,9 @@ METRICS_PORT = 9090
 GATEWAY_UID = 65532
 
 # Resources of a gateway container whose spec.gateway.resources is unset: a namespace with a
-# ResourceQuota refuses pods without requests. Measured (docs/gateway.md): a connected gateway
-# holds ~RSS_MEASURED MiB RSS; the limit leaves room for bursts (a backlog replay, big updates).
+# ResourceQuota refuses pods without requests. Measured in `make demo` (docs/gateway.md): a
+# connected gateway holds 64 MiB RSS (QQ) and 81 MiB (Telegram, with PTB); the limit leaves
+# room for bursts (a backlog replay, large updates, the bounded QQ inbox when full).
 DEFAULT_GATEWAY_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "10m", "memory": "96Mi"},
     "limits": {"memory": "256Mi"},

@@ -21,6 +21,7 @@ class Binaries:
     kstatus: Path  # sigs.k8s.io/cli-utils' status library (hack/kstatus)
     promtool: Path  # the alert rules' checks and unit tests
     prometheus: Path  # a real scrape of the operator (static targets only)
+    kube_score: Path  # best-practice checks of the rendered chart
 
     @property
     def path_dirs(self) -> list[str]:
@@ -44,4 +45,4 @@ class Binaries:
                    kube_controller_manager=find("kube-controller-manager"),
                    kubectl=find("kubectl"), helm=find("helm"),
                    kstatus=find("kstatus"), promtool=find("promtool"),
-                   prometheus=find("prometheus"))
+                   prometheus=find("prometheus"), kube_score=find("kube-score"))
