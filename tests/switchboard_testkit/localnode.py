@@ -7,7 +7,8 @@ There is no container runtime here, so the node:
   fieldRef, envFrom) and KUBECONFIG pointing at a kubeconfig holding a token minted for the
   pod's ServiceAccount through the TokenRequest API, so RBAC applies as in a real pod;
 - gives every pod its own loopback address (127.1.x.y) as its pod IP, so two pods can listen on
-  the same port;
+  the same port; each node holds its own 127.1.x.0/24 (IPAllocator), so two local clusters on
+  one machine never hand out the same address;
 - runs httpGet/tcpSocket/exec readiness and liveness probes, honours restartPolicy with the
   kubelet's CrashLoopBackOff, reports Running/Ready, restartCount and lastState.terminated;
 - on pod deletion sends SIGTERM, then SIGKILL after the grace period, then removes the pod.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import ipaddress
 import logging
 import os
@@ -26,9 +28,11 @@ import shlex
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,22 +63,67 @@ def pod_dir(workdir: Path, namespace: str, name: str) -> Path:
 
 
 class IPAllocator:
-    def __init__(self) -> None:
+    """Pod IPs from a /24 of POD_NET that this process holds alone, each checked free.
+
+    Two local clusters on one machine (a demo beside a test run) used to hand out the same
+    127.1.0.x and their pods failed with EADDRINUSE. Each node now claims a block with an
+    exclusive flock on a file named after it (held while the process lives, released by the
+    kernel when it dies, even by SIGKILL), and still skips an address whose declared ports
+    another process holds (a cluster of an older checkout takes no lock).
+    """
+
+    def __init__(self, lock_dir: Path | None = None) -> None:
         self._lock = threading.Lock()
         self._used: set[str] = set()
-        self._hosts = POD_NET.hosts()
+        self.block, self._claim = self._claim_block(
+            lock_dir or Path(tempfile.gettempdir()) / "switchboard-podnet")
 
-    def take(self) -> str:
+    @staticmethod
+    def _claim_block(lock_dir: Path) -> tuple[ipaddress.IPv4Network, Any]:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        for block in POD_NET.subnets(new_prefix=24):
+            handle = open(lock_dir / f"{block.network_address}.lock", "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            return block, handle  # type: ignore[return-value]
+        raise RuntimeError(f"every /24 of {POD_NET} is held by another local node")
+
+    def take(self, ports: Iterable[int] = ()) -> str:
+        ports = list(ports)
         with self._lock:
-            for ip in self._hosts:
-                if str(ip) not in self._used and not str(ip).endswith(".0"):
-                    self._used.add(str(ip))
-                    return str(ip)
-        raise RuntimeError("pod address pool exhausted")
+            for ip in self.block.hosts():
+                address = str(ip)
+                if address not in self._used and _ports_free(address, ports):
+                    self._used.add(address)
+                    return address
+        raise RuntimeError(f"pod address pool {self.block} exhausted")
 
     def release(self, ip: str) -> None:
         with self._lock:
             self._used.discard(ip)
+
+    def close(self) -> None:
+        self._claim.close()
+
+
+def _ports_free(address: str, ports: Iterable[int]) -> bool:
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError:
+                log.warning("pod address %s skipped: port %d is taken", address, port)
+                return False
+    return True
+
+
+def container_ports(pod: dict[str, Any]) -> list[int]:
+    return [int(p["containerPort"]) for c in (pod.get("spec") or {}).get("containers") or []
+            for p in c.get("ports") or [] if p.get("containerPort")]
 
 
 @dataclass
@@ -576,7 +625,7 @@ class LocalNode:
                 return
             if phase in ("Succeeded", "Failed"):
                 return
-            worker = PodWorker(node=self, pod=pod, ip=self.ips.take())
+            worker = PodWorker(node=self, pod=pod, ip=self.ips.take(container_ports(pod)))
             self.workers[key] = worker
             worker.start()
         elif m.get("deletionTimestamp") and not worker.stop_event.is_set():
