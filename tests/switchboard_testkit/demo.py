@@ -18,7 +18,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from switchboard_testkit import localnode
+from kubernetes import client
+
+from switchboard_testkit import diagnose, localnode
 from switchboard_testkit.binaries import REPO
 from switchboard_testkit.cluster import Cluster
 from switchboard_testkit.controlplane import State, log_tails, pid_alive, stop_pid, wait_for
@@ -87,6 +89,21 @@ class Demo:
         return subprocess.run(cmd, env=self.env, text=True, check=True, capture_output=True,
                               **kw)
 
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.cluster.api_client())
+
+    def explain(self) -> str:
+        """Every pod of the demo that is not Ready, with its reason and last log lines."""
+        try:
+            core = self.core()
+            pods = [p for ns in ("switchboard-system", NS)
+                    for p in core.list_namespaced_pod(ns).items
+                    if not p.status.container_statuses
+                    or not all(s.ready for s in p.status.container_statuses)]
+        except Exception:  # the cluster itself may be what failed: say nothing more
+            return ""
+        return "\n".join(diagnose.describe(p, self.cluster.workdir) for p in pods)
+
     def kubectl(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return self.run([str(self.cluster.binaries.kubectl), *args], **kw)
 
@@ -115,9 +132,13 @@ class Demo:
     def install_chart(self) -> None:
         step("helm install switchboard (operator, RBAC, CRD) ...")
         helm = str(self.cluster.binaries.helm)
-        self.run([helm, "upgrade", "--install", "switchboard", str(REPO / "helm/switchboard"),
-                  "--namespace", "switchboard-system", "--create-namespace",
-                  *localnode.CHART_VALUES, "--wait", "--timeout", "3m"], timeout=240)
+        # A crash-looping operator stops the wait at once, with its own last log lines.
+        diagnose.run_watching(
+            [helm, "upgrade", "--install", "switchboard", str(REPO / "helm/switchboard"),
+             "--namespace", "switchboard-system", "--create-namespace",
+             *localnode.CHART_VALUES, "--wait", "--timeout", "3m"],
+            env=self.env, core=self.core(), namespaces=["switchboard-system"],
+            workdir=self.cluster.workdir, timeout=240)
         step("operator running (as a local process on the local node)")
 
     def main(self) -> None:
@@ -143,8 +164,11 @@ class Demo:
         self.kubectl("apply", "-f", "-", input=manifests(
             f"http://127.0.0.1:{tg_port}/bot", f"http://127.0.0.1:{qq_port}"))
         step("waiting for both connections to become Ready ...")
-        self.kubectl("-n", NS, "wait", "--for=condition=Ready", "--timeout=180s",
-                     "platformconnection/telegram-bot", "platformconnection/qq-bot", timeout=200)
+        diagnose.run_watching(
+            [str(self.cluster.binaries.kubectl), "-n", NS, "wait", "--for=condition=Ready",
+             "--timeout=180s", "platformconnection/telegram-bot", "platformconnection/qq-bot"],
+            env=self.env, core=self.core(), namespaces=[NS, "switchboard-system"],
+            workdir=self.cluster.workdir, timeout=200)
         print(self.kubectl("-n", NS, "get", "platformconnections").stdout, flush=True)
 
         step("sending 'hello switchboard' through each platform")
@@ -231,10 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=REPO / ".cluster")
     args = parser.parse_args(argv)
+    demo = Demo(args.workdir)
     try:
-        Demo(args.workdir).main()
+        demo.main()
     except Exception as exc:
         step(f"FAILED: {exc}")
+        if isinstance(exc, subprocess.CalledProcessError) and exc.stderr:
+            print(exc.stderr.strip(), file=sys.stderr)
+        if not isinstance(exc, diagnose.PodCrashed):
+            print(demo.explain(), file=sys.stderr)
         if (args.workdir / "logs").exists():
             print(log_tails(args.workdir, 20), file=sys.stderr)
         return 1
