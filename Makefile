@@ -29,7 +29,7 @@ binaries: ## build etcd, kube-apiserver, kube-controller-manager, kubectl, helm 
 test: venv binaries ## ruff, mypy, then the whole test suite (starts its own control plane)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv ## ruff and mypy
 	$(BIN)/ruff check .
