@@ -38,7 +38,7 @@ def deployment_summary(obj: Mapping[str, Any]) -> dict[str, Any]:
                                      .get(children.ANN_APPLIED_HASH)}},
         "spec": {"replicas": spec.get("replicas", 1)},
         "status": {k: status.get(k, 0) for k in ("observedGeneration", "replicas",
-                                                  "updatedReplicas")},
+                                                  "updatedReplicas", "availableReplicas")},
         # The ReplicaSet could not create a pod (a quota, an admission webhook): "reason:
         # message", or None.
         "replicaFailure": f"{failure.get('reason')}: {failure.get('message')}"

@@ -19,6 +19,7 @@ fatal, not retryable        False   CredentialsInvalid  needs a person; shown ev
                                     Banned
                                     ConfigurationInvalid
                                     Failed (other code)
+connected, no pod available False  GatewayUnavailable  a report the operator cannot trust
 connected, backend failing  False   BackendUnavailable  messages are held, none is answered
 connected                   True    Connected
 circuit half-open           False   CircuitHalfOpen     probe running (detail in the message)
@@ -84,6 +85,7 @@ class Reason(StrEnum):
     SUSPENDED = "Suspended"
     PROGRESSING = "Progressing"
     BACKEND_UNAVAILABLE = "BackendUnavailable"
+    GATEWAY_UNAVAILABLE = "GatewayUnavailable"
     DELIVERING = "Delivering"
     NOT_CONNECTED = "NotConnected"
     UNKNOWN_STATE = "UnknownState"
@@ -147,6 +149,9 @@ class ReadyInputs:
     gateway_pod: str | None = None
     # Operator-owned: when the next back-off restart happens, if one is scheduled.
     next_restart_time: datetime | None = None
+    # The gateway Deployment has had no available pod for longer than a connected report may
+    # lag behind its readiness probe (unavailable_after): the report cannot be current.
+    gateway_unavailable: bool = False
 
     @classmethod
     def from_resource(
@@ -240,6 +245,12 @@ def ready_condition(i: ReadyInputs) -> ConditionValue:
             f"Gateway stopped with a non-retryable error{_code(i)}{_colon_message(i)}. "
             "It is not restarted automatically: fix the cause.",
         )
+    if state == "connected" and i.gateway_unavailable:
+        pod = f" by pod {i.gateway_pod}" if i.gateway_pod else ""
+        return _false(Reason.GATEWAY_UNAVAILABLE,
+                      f"Connected was reported{pod}, but the gateway Deployment has no "
+                      "available pod: the report is stale (the pod is gone, not ready or "
+                      "cannot write its status).")
     if state == "connected":
         pod = f" (pod {i.gateway_pod})" if i.gateway_pod else ""
         if i.error_code == ErrorCode.BACKEND_ERROR:
@@ -424,9 +435,19 @@ def needs_person(ready_status: str, reason: str) -> bool:
     return ready_status == "False" and reason in NEEDS_PERSON_REASONS
 
 
+def unavailable_after(available_replicas: int, desired_replicas: int,
+                      report_since: datetime | None, grace: timedelta) -> datetime | None:
+    """From when a ``connected`` report is not to be trusted: the Deployment wants a pod but
+    has none available (its readiness probe is the gateway's own "connected"), and the report
+    is older than ``grace`` (the probe's lag behind a fresh report). None: trusted."""
+    if desired_replicas < 1 or available_replicas > 0 or report_since is None:
+        return None
+    return report_since + grace
+
+
 def delivering_condition(i: ReadyInputs) -> ConditionValue:
     """Whether messages reach the backend: known only while the gateway is connected."""
-    if i.gateway_state != "connected" or i.suspended:
+    if i.gateway_state != "connected" or i.suspended or i.gateway_unavailable:
         return ConditionValue("Unknown", Reason.NOT_CONNECTED,
                               "The gateway is not connected: no messages arrive.")
     if i.error_code == ErrorCode.BACKEND_ERROR:

@@ -6,12 +6,14 @@ import argparse
 import logging
 import os
 import sys
+from datetime import timedelta
 
 import kopf
 
 from switchboard_operator import __version__, health, metrics
 from switchboard_operator.leader import LEASE_SECONDS, RENEW_DEADLINE, RETRY_SECONDS
 from switchboard_operator.policy import Policy, PolicyError
+from switchboard_operator.reconcile import UNAVAILABLE_GRACE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "allowTolerations, allowNodeSelector; default: only the official "
                         "API hosts over https, only the operator's gateway image, no valueFrom, "
                         "tolerations or nodeSelector; env SWITCHBOARD_POLICY)")
+    p.add_argument("--unavailable-grace", type=float, default=UNAVAILABLE_GRACE,
+                   metavar="SECONDS",
+                   help="how long a gateway's 'connected' report is trusted while its "
+                        "Deployment has no available pod (default %(default)s)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = p.parse_args(argv)
@@ -95,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         handlers.CONTROLLER.policy = Policy.from_json(args.policy)
     except PolicyError as exc:
         sys.exit(f"switchboard-operator: {exc}")
+    handlers.CONTROLLER.unavailable_grace = timedelta(seconds=args.unavailable_grace)
     handlers.OPTIONS.namespaces = list(args.namespaces)
     handlers.OPTIONS.health_port = args.health_port
     handlers.OPTIONS.health_addresses = args.health_addresses or ["0.0.0.0"]

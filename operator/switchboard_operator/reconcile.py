@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 # While a connection's Secret is missing or unlabelled, how often its metadata is looked at
 # again (seconds): a Secret created without the label is not watched, so only this notices it.
 SECRET_RECHECK = 30
+# A fresh report comes within a second; the readiness probe (period 5 s, the gateway's own
+# "connected") marks the pod available a few seconds later.
+UNAVAILABLE_GRACE = 30
 
 
 class Controller:
@@ -54,6 +57,8 @@ class Controller:
         self.queue = WorkQueue(self._reconcile_guarded, before=self._deletions_first)
         # Every watch has listed once (readiness: decisions now see the whole cluster).
         self.listed = False
+        # How long a connected report may stand while the Deployment has no available pod.
+        self.unavailable_grace = timedelta(seconds=UNAVAILABLE_GRACE)
         self.timers = Timers(self._wake, clock)
         self.restarts = RestartExecutor(clock, self.queue.spawn)
         self.children = ChildrenReconciler(self.cache)
@@ -246,7 +251,10 @@ class Controller:
                           applied_hash=applied_hash, now=self.clock(),
                           policy_violation=refused, apply_failed=outcome.apply_failed,
                           replica_failure=(live or {}).get("replicaFailure")
-                          if plan.replicas else None)
+                          if plan.replicas else None,
+                          available_replicas=None if live is None
+                          else int(live["status"].get("availableReplicas") or 0),
+                          unavailable_grace=self.unavailable_grace)
         body, warnings = await self.status.write(key, body, want)
         if restarted:
             self.restarts.recorded(key)  # recorded in status (or nothing changed)

@@ -37,7 +37,10 @@ class Desired:
 def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
             rollout_in_progress: bool, applied_hash: str, now: datetime,
             policy_violation: str | None = None, apply_failed: str | None = None,
-            replica_failure: str | None = None) -> Desired:
+            replica_failure: str | None = None, available_replicas: int | None = None,
+            unavailable_grace: timedelta = timedelta(seconds=30)) -> Desired:
+    """What the operator's status fields should say. ``available_replicas``: the gateway
+    Deployment's (None: no Deployment seen yet, nothing to cross-check)."""
     meta, spec = body["metadata"], body.get("spec") or {}
     status = body.get("status") or {}
     # A superseded report (its pod was restarted or rolled away) is not the gateway's
@@ -47,7 +50,16 @@ def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
         spec, seen, secret_missing=secret_missing, rollout_in_progress=rollout_in_progress,
         circuit=plan.circuit, policy_violation=policy_violation, apply_failed=apply_failed,
         replica_failure=replica_failure)
-    inputs = dataclasses.replace(inputs, next_restart_time=plan.schedule.next_restart)
+    # A connected report is trusted only while the Deployment has a pod available (or for
+    # the probe's lag after the report): a gateway that lost its token (its ServiceAccount
+    # recreated) or died cannot say so, and its last report would stay "connected" forever.
+    distrust = None
+    if available_replicas is not None and seen.get(F.STATE) == "connected":
+        distrust = cond.unavailable_after(available_replicas, plan.replicas,
+                                          parse_time(seen.get(F.STATE_SINCE)),
+                                          unavailable_grace)
+    inputs = dataclasses.replace(inputs, next_restart_time=plan.schedule.next_restart,
+                                 gateway_unavailable=distrust is not None and now >= distrust)
     value = cond.ready_condition(inputs)
     generation = int(meta.get("generation", 0))
     ready = cond.make_condition(status.get("conditions"), cond.READY, value, generation, now)
@@ -61,9 +73,12 @@ def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
     threshold = int(spec.get("needsAttentionAfterSeconds", 7200))
     attention = cond.needs_attention(plan.circuit.state is Circuit.OPEN, not_ready_since, now,
                                      threshold, permanent_failure=value.reason in PERMANENT)
-    wake = None
+    wakes = []
     if not attention and not_ready_since is not None:
-        wake = not_ready_since + timedelta(seconds=threshold)
+        wakes.append(not_ready_since + timedelta(seconds=threshold))
+    if distrust is not None and now < distrust:
+        wakes.append(distrust)
+    wake = min(wakes) if wakes else None
 
     circuit = plan.circuit.to_status()
     if plan.reset_request is not None:

@@ -83,7 +83,11 @@ class Operator:
                 *(f"--health-address={a}" for a in self.addresses),
                 *(f"--metrics-address={a}" for a in self.addresses),
                 *(["--identity", self.identity] if self.identity else []),
-                "--policy", TEST_POLICY, *self.extra]
+                "--policy", TEST_POLICY,
+                # Gateway pods of NO_NODE never run, so their Deployment never has a pod
+                # available: tests that write the gateway's reports themselves would see them
+                # distrusted after 30 s. The cross-check's own tests pass a short grace.
+                "--unavailable-grace=3600", *self.extra]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=self.env,

@@ -438,3 +438,21 @@ def test_a_message_that_ends_a_sentence_gets_no_second_full_stop() -> None:
     assert "server. It is" in message and ".." not in message
     cut = replace(BAD_TOKEN, error_message="a long platform answer...")
     assert "answer.... It is" in ready_condition(cut).message  # an ellipsis stays one
+
+
+def test_a_connected_report_is_distrusted_only_without_an_available_pod_after_the_grace() -> None:
+    from switchboard_operator.conditions import unavailable_after
+
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    grace = timedelta(seconds=30)
+    assert unavailable_after(0, 1, since, grace) == since + grace
+    assert unavailable_after(1, 1, since, grace) is None  # a pod is available: trusted
+    assert unavailable_after(0, 0, since, grace) is None  # scaled to 0 on purpose
+    assert unavailable_after(0, 1, None, grace) is None  # no report time: nothing to judge
+
+    base = ReadyInputs(gateway_state="connected", gateway_pod="gw-1")
+    stale = ready_condition(replace(base, gateway_unavailable=True))
+    assert (stale.status, stale.reason) == ("False", Reason.GATEWAY_UNAVAILABLE)
+    assert "gw-1" in stale.message
+    assert ready_condition(base).reason == Reason.CONNECTED
+    assert delivering_condition(replace(base, gateway_unavailable=True)).status == "Unknown"
