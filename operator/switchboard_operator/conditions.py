@@ -13,6 +13,7 @@ spec.suspend                True    Suspended           at rest as asked: health
 Secret / key missing        False   SecretMissing       the pod cannot even start
 circuit open                False   CircuitOpen         gateway is scaled to 0; its report is old
 pods refused (quota, ...)   False   ReplicaFailure      the Deployment's ReplicaFailure condition
+pod cannot start            False   GatewayNotStarting  its waiting reason (no report, no pod up)
 Deployment rolling out      False   Progressing         the report may be from the old pod
 fatal, not retryable        False   CredentialsInvalid  needs a person; shown even when half-open
                                     PollingConflict
@@ -86,6 +87,7 @@ class Reason(StrEnum):
     PROGRESSING = "Progressing"
     BACKEND_UNAVAILABLE = "BackendUnavailable"
     GATEWAY_UNAVAILABLE = "GatewayUnavailable"
+    GATEWAY_NOT_STARTING = "GatewayNotStarting"
     DELIVERING = "Delivering"
     NOT_CONNECTED = "NotConnected"
     UNKNOWN_STATE = "UnknownState"
@@ -152,6 +154,9 @@ class ReadyInputs:
     # The gateway Deployment has had no available pod for longer than a connected report may
     # lag behind its readiness probe (unavailable_after): the report cannot be current.
     gateway_unavailable: bool = False
+    # Why the gateway pod does not start (pod_problems.problem), looked up only while no
+    # current report exists and no pod is available; None otherwise.
+    pod_problem: str | None = None
 
     @classmethod
     def from_resource(
@@ -232,6 +237,10 @@ def ready_condition(i: ReadyInputs) -> ConditionValue:
         return _false(Reason.REPLICA_FAILURE,
                       f"The gateway Deployment cannot create its pod: "
                       f"{_printable(i.replica_failure)}.")
+    if i.pod_problem:
+        # Before the rollout: a pod that cannot start is why a rollout never completes.
+        return _false(Reason.GATEWAY_NOT_STARTING,
+                      f"The gateway pod does not start: {i.pod_problem}.")
     if i.rollout_in_progress:
         return _false(
             Reason.PROGRESSING, "Rolling out the gateway Deployment for the current spec."

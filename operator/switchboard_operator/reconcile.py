@@ -24,7 +24,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from switchboard_operator import children, metrics
+from switchboard_contract import Field
+from switchboard_operator import children, metrics, pod_problems
 from switchboard_operator import policy as pol
 from switchboard_operator import secrets as sec
 from switchboard_operator import status as st
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 # While a connection's Secret is missing or unlabelled, how often its metadata is looked at
 # again (seconds): a Secret created without the label is not watched, so only this notices it.
 SECRET_RECHECK = 30
+# While a gateway has neither reported nor become available, its pods are listed this often.
+POD_RECHECK = 15
 # A fresh report comes within a second; the readiness probe (period 5 s, the gateway's own
 # "connected") marks the pod available a few seconds later.
 UNAVAILABLE_GRACE = 30
@@ -246,6 +249,8 @@ class Controller:
             # status.appliedHash keeps naming what was last applied.
             applied_hash = (body.get("status") or {}).get("appliedHash") or ""
 
+        waiting = self._waiting_for_a_pod(body, plan, live)
+        pod_problem = await self._pod_problem(key) if waiting else None
         want = st.desired(body, plan, secret_missing=missing,
                           rollout_in_progress=self.cache.rolling_out(key, live),
                           applied_hash=applied_hash, now=self.clock(),
@@ -254,7 +259,7 @@ class Controller:
                           if plan.replicas else None,
                           available_replicas=None if live is None
                           else int(live["status"].get("availableReplicas") or 0),
-                          unavailable_grace=self.unavailable_grace)
+                          unavailable_grace=self.unavailable_grace, pod_problem=pod_problem)
         body, warnings = await self.status.write(key, body, want)
         if restarted:
             self.restarts.recorded(key)  # recorded in status (or nothing changed)
@@ -265,9 +270,30 @@ class Controller:
         wakes = [w for w in (*plan.wake, want.wake) if w is not None]
         if ref is not None and self.cache.secrets.get(ns, ref.name) is None:
             wakes.append(self.clock() + timedelta(seconds=SECRET_RECHECK))
+        if waiting:  # pods are not watched: look again for a pod that cannot start
+            wakes.append(self.clock() + timedelta(seconds=POD_RECHECK))
         self.timers.arm(key, min(wakes) if wakes else None)
         if outcome.retry_error is not None:
             raise outcome.retry_error
+
+    def _waiting_for_a_pod(self, body: Mapping[str, Any], plan: Plan,
+                           live: Mapping[str, Any] | None) -> bool:
+        """No current report from the gateway and no pod available, though one is wanted."""
+        if live is None or not plan.replicas or live["status"].get("availableReplicas"):
+            return False
+        return plan.superseded or not (body.get("status") or {}).get(Field.STATE)
+
+    async def _pod_problem(self, key: Key) -> str | None:
+        assert self.kube is not None
+        try:
+            pods = await self.kube.request(
+                "GET", f"/api/v1/namespaces/{key[0]}/pods",
+                query={"labelSelector": ",".join(
+                    f"{k}={v}" for k, v in children.pod_selector(key[1]).items())})
+        except ApiError as exc:  # e.g. an older chart's RBAC without pods list: just less said
+            log.debug("%s/%s: cannot list gateway pods: %s", *key, exc)
+            return None
+        return pod_problems.problem(pods.get("items") or [])
 
     async def _remove_foreign_fields(self, key: Key,
                                      body: Mapping[str, Any]) -> Mapping[str, Any]:

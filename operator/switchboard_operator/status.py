@@ -38,7 +38,8 @@ def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
             rollout_in_progress: bool, applied_hash: str, now: datetime,
             policy_violation: str | None = None, apply_failed: str | None = None,
             replica_failure: str | None = None, available_replicas: int | None = None,
-            unavailable_grace: timedelta = timedelta(seconds=30)) -> Desired:
+            unavailable_grace: timedelta = timedelta(seconds=30),
+            pod_problem: str | None = None) -> Desired:
     """What the operator's status fields should say. ``available_replicas``: the gateway
     Deployment's (None: no Deployment seen yet, nothing to cross-check)."""
     meta, spec = body["metadata"], body.get("spec") or {}
@@ -59,7 +60,8 @@ def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
                                           parse_time(seen.get(F.STATE_SINCE)),
                                           unavailable_grace)
     inputs = dataclasses.replace(inputs, next_restart_time=plan.schedule.next_restart,
-                                 gateway_unavailable=distrust is not None and now >= distrust)
+                                 gateway_unavailable=distrust is not None and now >= distrust,
+                                 pod_problem=pod_problem)
     value = cond.ready_condition(inputs)
     generation = int(meta.get("generation", 0))
     ready = cond.make_condition(status.get("conditions"), cond.READY, value, generation, now)
@@ -135,13 +137,17 @@ def changed(body: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     return current(body.get("status")) != dict(new)
 
 
+# Not permanent, but a Warning Event when Ready turns to them: nothing else would tell.
+WARNED = {cond.Reason.GATEWAY_NOT_STARTING, cond.Reason.GATEWAY_UNAVAILABLE}
+
+
 def failure_events(body: Mapping[str, Any], new: Desired) -> list[Event]:
     """A Warning Event when Ready turns to a failure only a person can fix (PERMANENT): what
     `kubectl describe` and event-based alerting show. Derived from the transition of the
     stored Ready reason, so it is posted once, by the write that makes the change."""
     events = _dead_letter_events(body.get("status") or {}, new.status)
     reason = new.ready.reason
-    if reason not in PERMANENT:
+    if reason not in PERMANENT | WARNED:
         return events
     old = next((c for c in (body.get("status") or {}).get("conditions") or []
                 if c.get("type") == cond.READY), None)

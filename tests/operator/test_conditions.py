@@ -456,3 +456,29 @@ def test_a_connected_report_is_distrusted_only_without_an_available_pod_after_th
     assert "gw-1" in stale.message
     assert ready_condition(base).reason == Reason.CONNECTED
     assert delivering_condition(replace(base, gateway_unavailable=True)).status == "Unknown"
+
+
+def test_pod_problems_names_the_first_container_that_does_not_start() -> None:
+    from switchboard_operator.pod_problems import problem
+
+    def pod(name: str, **status: object) -> dict[str, object]:
+        return {"metadata": {"name": name}, "status": status}
+
+    creating = pod("a", containerStatuses=[{"name": "gateway", "state": {"waiting": {
+        "reason": "ContainerCreating"}}}])
+    assert problem([creating]) is None
+    stuck = pod("b", containerStatuses=[{"name": "gateway", "state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": "Back-off pulling image \"x:1\"\n"}}}])
+    assert problem([creating, stuck]) == \
+        'pod b: container gateway: ImagePullBackOff: Back-off pulling image "x:1" '
+    looping = pod("c", containerStatuses=[{"name": "gateway", "state": {"waiting": {
+        "reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"exitCode": 3,
+                                                                      "reason": "Error"}}}])
+    assert problem([looping]) == \
+        "pod c: container gateway: CrashLoopBackOff: last exit code 3 (Error)"
+    unschedulable = pod("d", conditions=[{"type": "PodScheduled", "status": "False",
+                                          "reason": "Unschedulable",
+                                          "message": "0/3 nodes are available"}])
+    assert problem([unschedulable]) == "pod d: Unschedulable: 0/3 nodes are available"
+    assert len(problem([pod("e", containerStatuses=[{"name": "g", "state": {"waiting": {
+        "reason": "X", "message": "m" * 5000}}}])]) or "") <= 300
