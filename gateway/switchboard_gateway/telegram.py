@@ -70,6 +70,8 @@ BACKEND_ERROR = ErrorCode.BACKEND_ERROR
 # Errors of a call to the Bot API (PTB's, httpx's below it, the socket's, the getMe probe's).
 CALL_ERRORS = (TelegramError, httpx.HTTPError, OSError)
 REMEMBERED_MIGRATIONS = 1000
+# While replies wait for a chat's 429, a poll that brought nothing new waits this long.
+FLOOD_PAUSE = 1.0
 
 T = TypeVar("T")
 
@@ -149,7 +151,11 @@ class TelegramAdapter:
             get_updates_request=HTTPXRequest(connection_pool_size=1, connect_timeout=5.0,
                                              write_timeout=5.0, pool_timeout=5.0),
         )
-        self.offset: int | None = None  # first update_id not yet fully handled
+        # The update after the last one handled (answered, dead-lettered or parked in _flood).
+        self._next: int | None = None
+        # Replies waiting for their chat's 429 to pass (per chat, in order).
+        self._flood = proto.FloodQueue()
+        self._flood_changed = asyncio.Event()
         # update_id -> reply chunks still to send, for updates the backend already accepted:
         # when such an update comes again (a send failed), it is not handed to the backend twice.
         self._accepted: OrderedDict[int, list[str]] = OrderedDict()
@@ -164,6 +170,12 @@ class TelegramAdapter:
         self._store = sink if isinstance(sink, FieldStore) else None
         self.progress = Progress(self._store)  # main's watchdog reads it
 
+    @property
+    def offset(self) -> int | None:
+        """What getUpdates confirms: everything before the oldest reply still owed."""
+        low = self._flood.low_water()
+        return low if low is not None else self._next
+
     # ------------------------------------------------------------------ main loop
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -172,6 +184,8 @@ class TelegramAdapter:
         watcher = asyncio.create_task(self._watch_stop(), name="telegram-stop-watch")
         probe = supervise(asyncio.create_task(self._probe_loop(), name="telegram-getme-probe"),
                           self._task_died)
+        drainer = supervise(asyncio.create_task(self._drain_loop(), name="telegram-flood-queue"),
+                            self._task_died)
         try:
             await self.sink.report(State.CONNECTING, max_attempts=self.policy.max_attempts)
             await self._poll_loop()
@@ -179,8 +193,9 @@ class TelegramAdapter:
             pass
         finally:
             probe.cancel()
+            drainer.cancel()
             watcher.cancel()
-            await asyncio.gather(probe, watcher, return_exceptions=True)
+            await asyncio.gather(probe, drainer, watcher, return_exceptions=True)
             await self._shutdown()
 
     async def _poll_loop(self) -> None:
@@ -209,8 +224,13 @@ class TelegramAdapter:
                     self.connected = True
                     # Not awaited: the write lands within a second, messages flow meanwhile.
                     self.sink.record(State.CONNECTED, max_attempts=self.policy.max_attempts)
+                fresh = 0
                 for update in updates:
-                    await self._handle(update)
+                    fresh += await self._handle(update)
+                if self._flood and (not fresh or self._flood.full()):
+                    # The offset is held below an owed reply, so getUpdates answers at once
+                    # with what was handled already: wait for the queue instead of spinning.
+                    await self._sleep(FLOOD_PAUSE)
                 # A whole cycle went through (polled, and every update handled): only now do
                 # the ladders start again. A reply that keeps failing therefore climbs the
                 # ladder, and its update's budget ends it, instead of resetting forever.
@@ -272,11 +292,13 @@ class TelegramAdapter:
 
     # ------------------------------------------------------------------ messages
 
-    async def _handle(self, update: Update) -> None:
+    async def _handle(self, update: Update) -> int:
+        """Handle one update; 1 if it was new, 0 if it was handled before."""
         update_id = update.update_id
-        if self.offset is not None and update_id < self.offset:
-            metrics.DUPLICATES.labels(PLATFORM).inc()  # already confirmed: never twice
-            return
+        if self._next is not None and update_id < self._next:
+            if not self._flood:  # (while replies are owed, getUpdates repeats on purpose)
+                metrics.DUPLICATES.labels(PLATFORM).inc()  # already confirmed: never twice
+            return 0
         pending = self._accepted.get(update_id)
         parsed = inbound_message(update, self.config.connection_ref)
         if pending is not None:
@@ -291,8 +313,13 @@ class TelegramAdapter:
             while len(self._accepted) > REMEMBERED_REPLIES:
                 self._accepted.popitem(last=False)
         if pending and parsed is not None:
+            item = proto.Owed(update_id, parsed[0], pending, parsed[1])
+            if self._flood.blocked(item.chat):
+                self._park(item)  # behind that chat's owed replies: order per chat
+                self._next = update_id + 1
+                return 1
             try:
-                await self._send(update_id, parsed, pending)
+                wait = await self._send(update_id, parsed, pending)
             except CALL_ERRORS as exc:
                 # A transient failure (the network, a 5xx): the ladder handles it and the
                 # update comes again, until its budget is used up.
@@ -300,9 +327,23 @@ class TelegramAdapter:
                     raise
                 self._dead_letter(update_id, parsed, DeadLetterReason.EXHAUSTED,
                                   f"{proto.UPDATE_ATTEMPTS} attempts failed: {short_error(exc)}")
+                wait = None
+            if wait is not None:  # 429 for this chat: its queue sends the rest
+                self._park(item, wait)
+                self._next = update_id + 1
+                return 1
+        self._finished(update_id)
+        self._next = update_id + 1
+        return 1
+
+    def _finished(self, update_id: int) -> None:
         self._budget.done(update_id)
         self._accepted.pop(update_id, None)
-        self.offset = update_id + 1  # confirmed with the next getUpdates
+
+    def _park(self, item: proto.Owed, wait: float | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._flood.park(item, None if wait is None else loop.time() + wait)
+        self._flood_changed.set()
 
     async def _deliver(self, message: InboundMessage) -> str | None:
         """Hand to the backend until it accepts; the update (and offset) is held meanwhile."""
@@ -328,21 +369,25 @@ class TelegramAdapter:
             return reply
 
     async def _send(self, update_id: int, parsed: tuple[int, InboundMessage],
-                    chunks: list[str]) -> None:
+                    chunks: list[str], *, direct: bool = False) -> float | None:
         """Send the reply chunks, removing each once sent (so a retry resends only the rest).
-        Transient errors propagate (to the ladder and the update's budget); a reply Telegram
-        refuses is dead-lettered."""
+        A 429 returns Telegram's wait for that chat (the rest stays in ``chunks``); transient
+        errors propagate (to the ladder and the update's budget); a reply Telegram refuses is
+        dead-lettered. ``direct``: from the flood queue's task, which must not take the poll
+        loop's interruptions (_call hands them out once)."""
         chat_id = self._moved.get(parsed[0], parsed[0])
         while chunks:
             try:
-                await self._call(self.bot.send_message(chat_id, chunks[0]))
+                sending = self.bot.send_message(chat_id, chunks[0])
+                await (sending if direct else self._call(sending))
             except CALL_ERRORS as exc:
                 verdict = proto.send_error(exc)
                 if verdict.action is proto.SendAction.WAIT:
                     metrics.ERRORS.labels(PLATFORM, RATE_LIMITED).inc()
                     self.progress.moved(verdict.wait)
-                    await self._sleep(verdict.wait)
-                    continue
+                    log.info("chat %s is rate limited: its replies wait %.0fs", chat_id,
+                             verdict.wait)
+                    return verdict.wait
                 if verdict.action is proto.SendAction.FATAL:
                     metrics.ERRORS.labels(PLATFORM, INVALID_TOKEN).inc()
                     raise token_rejected(exc) from None
@@ -360,10 +405,50 @@ class TelegramAdapter:
                 self._dead_letter(update_id, parsed, verdict.reason or
                                   DeadLetterReason.EXHAUSTED, short_error(exc))
                 chunks.clear()
-                return
+                return None
             chunks.pop(0)
             self.progress.moved()
             metrics.MESSAGES_OUT.labels(PLATFORM).inc()
+        return None
+
+    async def _drain_loop(self) -> None:
+        """Send the replies of rate-limited chats once their wait is over, chat by chat, in
+        order. A failure here never ends the task: it is the item's attempt (then its dead
+        letter) or, for a revoked token, the adapter's fatal error."""
+        loop = asyncio.get_running_loop()
+        while True:
+            for chat in self._flood.due(loop.time()):
+                await self._drain_chat(chat)
+            due = self._flood.next_due()
+            self._flood_changed.clear()
+            timeout = None if due is None else max(0.0, due - loop.time())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._flood_changed.wait()
+
+    async def _drain_chat(self, chat: int) -> None:
+        loop = asyncio.get_running_loop()
+        while self._flood.blocked(chat) and self._flood.until.get(chat, 0.0) <= loop.time():
+            item = self._flood.first(chat)
+            parsed = (item.chat, item.message)
+            try:
+                wait = await self._send(item.update_id, parsed, item.chunks, direct=True)
+            except FatalAdapterError as exc:
+                self._interrupt(exc)  # the token was revoked: the adapter stops with it
+                return
+            except CALL_ERRORS as exc:
+                if not self._budget.failed(item.update_id):
+                    self._flood.limited(chat, loop.time() + self.policy.delay(1))
+                    return
+                self._dead_letter(item.update_id, parsed, DeadLetterReason.EXHAUSTED,
+                                  f"{proto.UPDATE_ATTEMPTS} attempts failed: "
+                                  f"{short_error(exc)}")
+                wait = None
+            if wait is not None:
+                self._flood.limited(chat, loop.time() + wait)
+                return
+            self._flood.done(chat)
+            self._finished(item.update_id)
 
     def _dead_letter(self, update_id: int, parsed: tuple[int, InboundMessage], reason: str,
                      detail: str) -> None:

@@ -14,7 +14,10 @@ Polling (the connection's ladder, config.TelegramReconnect):
   retryable fatal `telegram_network_error`.
 
 Sending a reply (one update):
-- 429: wait ``retry_after`` (not an attempt; nothing is dropped);
+- 429: that chat waits ``retry_after`` (not an attempt; nothing is dropped): the reply, and
+  every later one to the same chat, waits in the chat's queue (FloodQueue), in order, while
+  other chats are answered; the offset stays below the oldest owed update, so a restart
+  meanwhile gets it again;
 - ChatMigrated (a group became a supergroup): send again to ``migrate_to_chat_id``;
 - 400 (BadRequest) and 403 (Forbidden): the chat cannot take it (gone, the bot blocked or
   removed, the text refused): dead-lettered at once, retrying cannot help;
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -163,3 +167,69 @@ def long_poll_timeout(configured: float, window: float | None) -> int:
     if window is None:
         return int(configured)
     return max(0, min(int(configured), int(window) - 1))
+
+
+@dataclass
+class Owed:
+    """A reply the backend gave for one update, still to be sent to its chat."""
+
+    update_id: int
+    chat: int  # the chat the update came from (the queue's key)
+    chunks: list[str]  # what is left to send, in order
+    message: Any  # the inbound message (for a dead letter's chat and message id)
+
+
+@dataclass
+class FloodQueue:
+    """Replies owed to chats Telegram rate-limited (429 ``retry_after`` is per chat).
+
+    A chat with owed replies gets no new send until they are out, so each chat's replies keep
+    their order; other chats are served meanwhile. Times are the caller's clock (monotonic
+    seconds). ``limit`` bounds what is held: when full, the gateway stops polling.
+    """
+
+    limit: int = 1000
+    owed: dict[int, deque[Owed]] = field(default_factory=dict)
+    until: dict[int, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.owed.values())
+
+    def blocked(self, chat: int) -> bool:
+        return chat in self.owed
+
+    def full(self) -> bool:
+        return len(self) >= self.limit
+
+    def park(self, item: Owed, until: float | None = None) -> None:
+        """Queue ``item`` behind its chat's owed replies; ``until``: the chat's new 429."""
+        self.owed.setdefault(item.chat, deque()).append(item)
+        if until is not None:
+            self.limited(item.chat, until)
+
+    def limited(self, chat: int, until: float) -> None:
+        self.until[chat] = max(until, self.until.get(chat, until))
+
+    def due(self, now: float) -> list[int]:
+        """Chats whose wait is over and that have replies owed."""
+        return [c for c in self.owed if self.until.get(c, now) <= now]
+
+    def next_due(self) -> float | None:
+        times = [self.until.get(c, 0.0) for c in self.owed]
+        return min(times) if times else None
+
+    def first(self, chat: int) -> Owed:
+        return self.owed[chat][0]
+
+    def done(self, chat: int) -> Owed:
+        """The chat's first reply went out (or was given up): the next one is first."""
+        item = self.owed[chat].popleft()
+        if not self.owed[chat]:
+            del self.owed[chat]
+            self.until.pop(chat, None)
+        return item
+
+    def low_water(self) -> int | None:
+        """The oldest update still owed: getUpdates must not confirm it (nor any after)."""
+        ids = [item.update_id for q in self.owed.values() for item in q]
+        return min(ids) if ids else None

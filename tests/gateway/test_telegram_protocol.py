@@ -106,3 +106,24 @@ def test_a_long_poll_is_shortened_to_the_poller_fence_window() -> None:
     assert long_poll_timeout(30.0, 45.0) == 30  # the window is wider
     assert long_poll_timeout(30.0, 12.7) == 11  # a second kept for the way back
     assert long_poll_timeout(30.0, 0.4) == 0  # the window is closing: a short poll
+
+
+def test_flood_queue_keeps_each_chats_order_and_holds_the_offset_below_the_oldest_owed() -> None:
+    from switchboard_gateway.telegram_protocol import FloodQueue, Owed
+
+    q = FloodQueue(limit=3)
+    assert q.low_water() is None and q.next_due() is None and not q
+    q.park(Owed(10, 1, ["a"], None), until=5.0)
+    q.park(Owed(12, 1, ["b"], None))  # behind chat 1's owed reply, same wait
+    q.park(Owed(11, 2, ["c"], None), until=2.0)
+    assert q.blocked(1) and q.blocked(2) and not q.blocked(3)
+    assert q.low_water() == 10 and q.full() and len(q) == 3
+    assert q.due(1.0) == [] and q.due(2.0) == [2] and q.next_due() == 2.0
+    assert q.done(2).update_id == 11 and not q.blocked(2)
+    q.limited(1, 4.0)  # a shorter wait never shortens the one in force
+    assert q.due(4.5) == [] and q.due(5.0) == [1]
+    assert q.first(1).update_id == 10
+    q.done(1)
+    assert q.first(1).update_id == 12 and q.low_water() == 12
+    q.done(1)
+    assert not q.blocked(1) and q.low_water() is None and not q.full()

@@ -22,6 +22,7 @@ import dataclasses
 import inspect
 import itertools
 import json
+import math
 import re
 import signal
 import time
@@ -451,6 +452,8 @@ class FakeTelegram(FakeServer[SentMessage]):
         # Groups upgraded to supergroups (old id -> new id), and chats that refuse the bot.
         self._migrated: dict[int, int] = {}
         self._refusing: dict[int, tuple[int, str]] = {}
+        # chat id -> monotonic time its flood control ends (sendMessage answers 429 until then)
+        self._flooded: dict[int, float] = {}
         self._next_message_id: Counter[int] = Counter()
         self._faults: list[_Fault] = []
         self._poll_generation = 0
@@ -596,6 +599,13 @@ class FakeTelegram(FakeServer[SentMessage]):
         ChatMigrated), as the Bot API's ResponseParameters describe."""
         self._migrated[int(chat_id)] = int(new_chat_id)
 
+    def flood_chat(self, chat_id: int, retry_after: int) -> None:
+        """Flood control for one chat, as Telegram applies it: every sendMessage to
+        ``chat_id`` in the next ``retry_after`` seconds answers 429 "Too Many Requests: retry
+        after N" with ``parameters.retry_after`` (the seconds still left); other chats are
+        not affected."""
+        self._flooded[int(chat_id)] = time.monotonic() + retry_after
+
     def refuse_chat(self, chat_id: int, status: int = 403,
                     description: str = "Forbidden: bot was blocked by the user") -> None:
         """Every sendMessage to ``chat_id`` is refused (403 blocked, 400 chat not found...)."""
@@ -627,6 +637,7 @@ class FakeTelegram(FakeServer[SentMessage]):
             "clear_faults": self.clear_faults,
             "migrate_chat": self.migrate_chat,
             "refuse_chat": self.refuse_chat,
+            "flood_chat": self.flood_chat,
             "revoke_token": self.revoke_token,
             "set_token": self.set_token,
         }
@@ -773,6 +784,10 @@ class FakeTelegram(FakeServer[SentMessage]):
                            {"migrate_to_chat_id": self._migrated[chat_id]})
         if chat_id in self._refusing:
             raise _Refused(*self._refusing[chat_id])
+        left = self._flooded.get(chat_id, 0.0) - time.monotonic()
+        if left > 0:
+            wait = math.ceil(left)
+            raise _Refused(429, f"Too Many Requests: retry after {wait}", {"retry_after": wait})
         text = params.get("text")
         if not text:
             raise _BadRequest("message text is empty")
