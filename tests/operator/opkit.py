@@ -192,6 +192,35 @@ def operator_rbac_kubeconfig(cluster: Cluster, api: client.ApiClient, namespace:
     return path
 
 
+def spawn_fake(cluster: Cluster, *argv: str) -> subprocess.Popen[str]:
+    """``python -m argv...`` (a fake platform or backend) in its own session, once it printed
+    READY; the test's ``processes`` fixture stops it by PID."""
+    proc = subprocess.Popen([sys.executable, "-m", *argv], env=cluster.env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("READY "), line
+    return proc
+
+
+def fake_control(port: int, action: str, body: dict[str, Any] | None = None) -> Any:
+    """Call a fake's remote-control API (``/_fake/<action>``) and return its result."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/_fake/{action}", data=data,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())["result"]
+
+
+def gateway_pid(pod: client.V1Pod) -> int:
+    """The process of a pod's gateway container on the local node (containerID local://PID)."""
+    statuses = pod.status.container_statuses or []
+    container_id = next(s.container_id for s in statuses if s.name == "gateway")
+    assert container_id.startswith("local://"), container_id
+    return int(container_id.removeprefix("local://"))
+
+
 def install_crd(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",

@@ -4,37 +4,16 @@ gateway knob)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
-import urllib.request
 from typing import Any
 
-from opkit import Kit, Operator, secret, telegram_conn
+from opkit import Kit, Operator, fake_control, secret, spawn_fake, telegram_conn
 
 from switchboard_testkit.cluster import Cluster
 from switchboard_testkit.controlplane import wait_for
 from switchboard_testkit.net import free_port
 
 TOKEN = "555000111:AAdeliveringTOKENforTHEoperatorTEST_z"
-
-
-def _spawn(cluster: Cluster, *argv: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", *argv], env=cluster.env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("READY "), line
-    return proc
-
-
-def _control(port: int, action: str, body: dict[str, Any] | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/_fake/{action}", data=data,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())["result"]
 
 
 def _condition(kit: Kit, name: str, kind: str) -> dict[str, Any]:
@@ -45,7 +24,7 @@ def test_a_backend_that_is_down_makes_ready_false_until_it_takes_messages(
         kit: Kit, cluster: Cluster, operator: Operator,
         processes: list[subprocess.Popen[str]]) -> None:
     api, control, backend = free_port(), free_port(), free_port()
-    processes.append(_spawn(cluster, "switchboard_testkit.fake_telegram", f"--port={api}",
+    processes.append(spawn_fake(cluster, "switchboard_testkit.fake_telegram", f"--port={api}",
                             f"--control-port={control}", f"--token={TOKEN}"))
     kit.core.create_namespaced_secret(kit.ns, secret("tg", token=TOKEN))
     kit.create(telegram_conn(
@@ -57,7 +36,7 @@ def test_a_backend_that_is_down_makes_ready_false_until_it_takes_messages(
     kit.wait_ready("deliver", "True", "Connected", timeout=90)
     assert _condition(kit, "deliver", "Delivering")["status"] == "True"
 
-    _control(control, "inject_message", {"chat_id": 4242, "text": "anyone there?"})
+    fake_control(control, "inject_message", {"chat_id": 4242, "text": "anyone there?"})
     ready = kit.wait_ready("deliver", "False", "BackendUnavailable", timeout=30)
     assert "held" in ready["message"]
     delivering = _condition(kit, "deliver", "Delivering")
@@ -67,8 +46,8 @@ def test_a_backend_that_is_down_makes_ready_false_until_it_takes_messages(
                           "--no-headers").stdout.split()
     assert "False" in row
 
-    processes.append(_spawn(cluster, "switchboard_gateway.backend", f"--port={backend}"))
-    wait_for(lambda: [m for m in _control(control, "sent") if m["chat_id"] == 4242], 30,
+    processes.append(spawn_fake(cluster, "switchboard_gateway.backend", f"--port={backend}"))
+    wait_for(lambda: [m for m in fake_control(control, "sent") if m["chat_id"] == 4242], 30,
              "the held message answered")
     kit.wait_ready("deliver", "True", "Connected", timeout=30)
     assert _condition(kit, "deliver", "Delivering")["status"] == "True"

@@ -13,8 +13,7 @@ import subprocess
 from typing import Any
 
 from kubernetes import client
-from opkit import Kit, Operator, secret, telegram_conn
-from test_delivering import _control, _spawn
+from opkit import Kit, Operator, fake_control, gateway_pid, secret, spawn_fake, telegram_conn
 
 from switchboard_contract import Field
 from switchboard_testkit.cluster import Cluster
@@ -24,18 +23,11 @@ from switchboard_testkit.net import free_port
 TOKEN = "555000222:AAfenceTOKENforTHEpollerLEASEtest_zz"
 
 
-def _pid(pod: client.V1Pod) -> int:
-    statuses = pod.status.container_statuses or []
-    container_id = next(s.container_id for s in statuses if s.name == "gateway")
-    assert container_id.startswith("local://"), container_id
-    return int(container_id.removeprefix("local://"))
-
-
 def test_a_frozen_pod_deleted_by_hand_never_polls_beside_its_replacement(
         kit: Kit, cluster: Cluster, operator: Operator,
         processes: list[subprocess.Popen[str]]) -> None:
     api, control = free_port(), free_port()
-    processes.append(_spawn(cluster, "switchboard_testkit.fake_telegram", f"--port={api}",
+    processes.append(spawn_fake(cluster, "switchboard_testkit.fake_telegram", f"--port={api}",
                             f"--control-port={control}", f"--token={TOKEN}"))
     kit.core.create_namespaced_secret(kit.ns, secret("tg", token=TOKEN))
     kit.create(telegram_conn(
@@ -45,10 +37,10 @@ def test_a_frozen_pod_deleted_by_hand_never_polls_beside_its_replacement(
         gateway={}))  # on the local node: real gateway processes
     kit.wait_ready("fence", "True", "Connected", timeout=90)
     old = kit.one_pod("fence")
-    wait_for(lambda: _control(control, "calls")["counts"].get("getUpdates", 0) >= 2, 30,
+    wait_for(lambda: fake_control(control, "calls")["counts"].get("getUpdates", 0) >= 2, 30,
              "the first pod long-polling")
 
-    pid = _pid(old)
+    pid = gateway_pid(old)
     os.killpg(pid, signal.SIGSTOP)  # its long poll stays open
     try:
         kit.core.delete_namespaced_pod(old.metadata.name, kit.ns, grace_period_seconds=5)
@@ -60,7 +52,7 @@ def test_a_frozen_pod_deleted_by_hand_never_polls_beside_its_replacement(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGCONT)
 
-    calls: dict[str, Any] = _control(control, "calls")
+    calls: dict[str, Any] = fake_control(control, "calls")
     assert calls["overlapping_polls"] == []
     conflicts = [c for c in calls["log"] if c["method"] == "getUpdates" and c["status"] == 409]
     assert conflicts == []

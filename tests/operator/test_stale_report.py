@@ -12,9 +12,7 @@ import signal
 import subprocess
 from collections.abc import Callable
 
-from opkit import Kit, Operator, secret, telegram_conn
-from test_delivering import _spawn
-from test_poller_fence import _pid
+from opkit import Kit, Operator, gateway_pid, secret, spawn_fake, telegram_conn
 
 from switchboard_contract import Field
 from switchboard_testkit.cluster import Cluster
@@ -28,14 +26,14 @@ def test_a_frozen_gateway_is_not_reported_connected(
         processes: list[subprocess.Popen[str]]) -> None:
     start_operator("op", "--unavailable-grace=3")
     api, control = free_port(), free_port()
-    processes.append(_spawn(cluster, "switchboard_testkit.fake_telegram", f"--port={api}",
+    processes.append(spawn_fake(cluster, "switchboard_testkit.fake_telegram", f"--port={api}",
                             f"--control-port={control}", f"--token={TOKEN}"))
     kit.core.create_namespaced_secret(kit.ns, secret("tg", token=TOKEN))
     kit.create(telegram_conn("stale", apiBaseURL=f"http://127.0.0.1:{api}/bot",
                              gateway={}))  # on the local node: a real gateway process
     kit.wait_ready("stale", "True", "Connected", timeout=90)
     pod = kit.one_pod("stale")
-    pid = _pid(pod)
+    pid = gateway_pid(pod)
     os.killpg(pid, signal.SIGSTOP)
     try:
         ready = kit.wait_ready("stale", "False", "GatewayUnavailable", timeout=45)
