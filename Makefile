@@ -8,7 +8,7 @@ CLUSTER_DIR ?= .cluster
 KUBECONFIG ?= $(CURDIR)/$(CLUSTER_DIR)/kubeconfig
 export KUBECONFIG
 
-.PHONY: help venv binaries test lint cluster-up cluster-down cluster-status install run demo bench clean
+.PHONY: help venv binaries cluster-binaries test lint cluster-up cluster-down cluster-status install run demo bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -23,8 +23,12 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml tests/pyproject.toml
 
 venv: $(VENV)/.installed ## create .venv with the project and its dev tools
 
-binaries: ## build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached)
+binaries: ## build etcd, the control plane, kubectl, helm, kstatus, promtool, prometheus, kube-score (cached)
 	@bash hack/build-binaries.sh >/dev/null
+
+# What a cluster and the demo need: not the tests' checkers (promtool, prometheus, kube-score).
+cluster-binaries:
+	@SWITCHBOARD_TOOLS=cluster bash hack/build-binaries.sh >/dev/null
 
 test: venv binaries ## ruff, mypy, then the whole test suite (starts its own control plane)
 	$(BIN)/ruff check .
@@ -35,8 +39,8 @@ lint: venv ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-cluster-up: venv binaries ## start etcd, kube-apiserver, kube-controller-manager and the local node
-	$(BIN)/switchboard-devcluster up --workdir $(CLUSTER_DIR)
+cluster-up: venv cluster-binaries ## start etcd, kube-apiserver, kube-controller-manager and the local node
+	SWITCHBOARD_TOOLS=cluster $(BIN)/switchboard-devcluster up --workdir $(CLUSTER_DIR)
 
 cluster-down: ## stop exactly the processes cluster-up started
 	@if [ -x $(BIN)/switchboard-devcluster ]; then $(BIN)/switchboard-devcluster down --workdir $(CLUSTER_DIR); fi
@@ -44,8 +48,8 @@ cluster-down: ## stop exactly the processes cluster-up started
 cluster-status: ## processes and memory of the local cluster
 	$(BIN)/switchboard-devcluster status --workdir $(CLUSTER_DIR)
 
-install: binaries ## apply the CRDs to the current kubeconfig
-	PATH="$$(bash hack/build-binaries.sh | tr '\n' ':')$$PATH" kubectl apply --server-side -f crds/
+install: cluster-binaries ## apply the CRDs to the current kubeconfig
+	PATH="$$(SWITCHBOARD_TOOLS=cluster bash hack/build-binaries.sh | tr '\n' ':')$$PATH" kubectl apply --server-side -f crds/
 
 # `make run` beside an installed chart: the same Lease (the chart's release namespace), so only
 # one of the two acts; its own ports are free ones on 127.0.0.1 (gateways may hold 8080/9090).
@@ -60,8 +64,8 @@ run: venv install ## run the operator against the current kubeconfig
 	  --health-address 127.0.0.1 --health-port "$$health" \
 	  --metrics-address 127.0.0.1 --metrics-port "$$metrics"
 
-demo: venv binaries ## control plane, Helm chart, fake platforms, two connections, an outage
-	$(BIN)/python -m switchboard_testkit.demo --workdir $(CLUSTER_DIR)
+demo: venv cluster-binaries ## control plane, Helm chart, fake platforms, two connections, an outage
+	SWITCHBOARD_TOOLS=cluster $(BIN)/python -m switchboard_testkit.demo --workdir $(CLUSTER_DIR)
 
 bench: venv binaries ## print the benchmark figures
 	$(BIN)/python bench/operator_scale.py

@@ -3,6 +3,8 @@
 # helm, kstatus (hack/kstatus), promtool, prometheus and kube-score from pinned Go modules into a
 # cache outside git. Idempotent: a finished binary is kept.
 #   SWITCHBOARD_CACHE  cache root (default ~/.cache/switchboard)
+#   SWITCHBOARD_TOOLS  all (default) | cluster: only what a cluster and the demo need (no
+#                      promtool, prometheus or kube-score: the tests' checkers)
 # Prints the bin directories it filled, one per line, on stdout; progress goes to stderr.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -114,12 +116,14 @@ if [ ! -x "$ks_dir/bin/kstatus" ]; then
   (cd "$ks_dir/src" && go mod tidy >/dev/null 2>&1 || true)
   build "$ks_dir/src" "$ks_dir/bin/kstatus" .
 fi
+tools=${SWITCHBOARD_TOOLS:-all}
 # --- promtool and prometheus (the alert rules' unit tests and a real scrape) -----------------
 # Service discovery is left out (remove_all_sd): the tests use static targets only, and the
 # cloud SDKs it pulls in would double the build.
 prom_dir=$cache/prometheus-$PROMETHEUS_VERSION
 mkdir -p "$prom_dir/bin"
-if [ ! -x "$prom_dir/bin/promtool" ] || [ ! -x "$prom_dir/bin/prometheus" ]; then
+if [ "$tools" = all ] && { [ ! -x "$prom_dir/bin/promtool" ] ||
+                           [ ! -x "$prom_dir/bin/prometheus" ]; }; then
   wrapper "$prom_dir/src" switchboard.local/prometheus-build \
     "require github.com/prometheus/prometheus $PROMETHEUS_VERSION"
   printf '%s\n' '//go:build tools' '' 'package tools' '' 'import (' \
@@ -136,7 +140,7 @@ fi
 # --- kube-score (the chart's rendered manifests against common best practices) -------------
 ksc_dir=$cache/kube-score-$KUBE_SCORE_VERSION
 mkdir -p "$ksc_dir/bin"
-if [ ! -x "$ksc_dir/bin/kube-score" ]; then
+if [ "$tools" = all ] && [ ! -x "$ksc_dir/bin/kube-score" ]; then
   wrapper "$ksc_dir/src" switchboard.local/kube-score-build \
     "require github.com/zegl/kube-score $KUBE_SCORE_VERSION"
   printf '%s\n' '//go:build tools' '' 'package tools' '' \

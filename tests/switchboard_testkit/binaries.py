@@ -41,8 +41,14 @@ class Binaries:
                     return d / name
             raise FileNotFoundError(f"{name} not in {dirs}")
 
+        def checker(name: str, cache_dir: str) -> Path:
+            """A test checker; with SWITCHBOARD_TOOLS=cluster (the demo) it is not built and
+            only its path is known (running it then fails naming that path)."""
+            return next(d / name for d in dirs if d.parent.name.startswith(cache_dir))
+
         return cls(etcd=find("etcd"), kube_apiserver=find("kube-apiserver"),
                    kube_controller_manager=find("kube-controller-manager"),
                    kubectl=find("kubectl"), helm=find("helm"),
-                   kstatus=find("kstatus"), promtool=find("promtool"),
-                   prometheus=find("prometheus"), kube_score=find("kube-score"))
+                   kstatus=find("kstatus"), promtool=checker("promtool", "prometheus-"),
+                   prometheus=checker("prometheus", "prometheus-"),
+                   kube_score=checker("kube-score", "kube-score-"))
