@@ -31,6 +31,8 @@ def deployment_summary(obj: Mapping[str, Any]) -> dict[str, Any]:
     meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
     failure = next((c for c in status.get("conditions") or []
                     if c.get("type") == "ReplicaFailure" and c.get("status") == "True"), None)
+    unavailable = next((c for c in status.get("conditions") or []
+                        if c.get("type") == "Available" and c.get("status") == "False"), None)
     return {
         "metadata": {"generation": meta.get("generation", 0), "uid": meta.get("uid"),
                      "resourceVersion": meta.get("resourceVersion", "0"),
@@ -43,6 +45,8 @@ def deployment_summary(obj: Mapping[str, Any]) -> dict[str, Any]:
         # message", or None.
         "replicaFailure": f"{failure.get('reason')}: {failure.get('message')}"
         if failure is not None else None,
+        # Since when the Deployment has lacked an available pod (its Available condition).
+        "unavailableSince": unavailable.get("lastTransitionTime") if unavailable else None,
     }
 
 

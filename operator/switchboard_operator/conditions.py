@@ -445,13 +445,15 @@ def needs_person(ready_status: str, reason: str) -> bool:
 
 
 def unavailable_after(available_replicas: int, desired_replicas: int,
-                      report_since: datetime | None, grace: timedelta) -> datetime | None:
+                      report_since: datetime | None, unavailable_since: datetime | None,
+                      grace: timedelta) -> datetime | None:
     """From when a ``connected`` report is not to be trusted: the Deployment wants a pod but
-    has none available (its readiness probe is the gateway's own "connected"), and the report
-    is older than ``grace`` (the probe's lag behind a fresh report). None: trusted."""
+    has none available (its readiness probe is the gateway's own "connected"). ``grace``
+    counts from the later of the report (a fresh pod's probe lags behind it) and the loss of
+    availability (a probe that failed once must not flip Ready). None: trusted."""
     if desired_replicas < 1 or available_replicas > 0 or report_since is None:
         return None
-    return report_since + grace
+    return max(report_since, unavailable_since or report_since) + grace
 
 
 def delivering_condition(i: ReadyInputs) -> ConditionValue:

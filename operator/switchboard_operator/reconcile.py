@@ -31,7 +31,7 @@ from switchboard_operator import secrets as sec
 from switchboard_operator import status as st
 from switchboard_operator.cache import Cache, resource_version
 from switchboard_operator.children_reconciler import ChildrenReconciler
-from switchboard_operator.circuit import Event
+from switchboard_operator.circuit import Event, parse_time
 from switchboard_operator.decide import Plan, decide
 from switchboard_operator.kube import ApiError, Kube, NotLeading, connection_path
 from switchboard_operator.restart_executor import RestartExecutor
@@ -259,6 +259,7 @@ class Controller:
                           if plan.replicas else None,
                           available_replicas=None if live is None
                           else int(live["status"].get("availableReplicas") or 0),
+                          unavailable_since=parse_time((live or {}).get("unavailableSince")),
                           unavailable_grace=self.unavailable_grace, pod_problem=pod_problem)
         body, warnings = await self.status.write(key, body, want)
         if restarted:

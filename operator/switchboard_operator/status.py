@@ -38,6 +38,7 @@ def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
             rollout_in_progress: bool, applied_hash: str, now: datetime,
             policy_violation: str | None = None, apply_failed: str | None = None,
             replica_failure: str | None = None, available_replicas: int | None = None,
+            unavailable_since: datetime | None = None,
             unavailable_grace: timedelta = timedelta(seconds=30),
             pod_problem: str | None = None) -> Desired:
     """What the operator's status fields should say. ``available_replicas``: the gateway
@@ -58,7 +59,7 @@ def desired(body: Mapping[str, Any], plan: Plan, *, secret_missing: str | None,
     if available_replicas is not None and seen.get(F.STATE) == "connected":
         distrust = cond.unavailable_after(available_replicas, plan.replicas,
                                           parse_time(seen.get(F.STATE_SINCE)),
-                                          unavailable_grace)
+                                          unavailable_since, unavailable_grace)
     inputs = dataclasses.replace(inputs, next_restart_time=plan.schedule.next_restart,
                                  gateway_unavailable=distrust is not None and now >= distrust,
                                  pod_problem=pod_problem)

@@ -445,10 +445,13 @@ def test_a_connected_report_is_distrusted_only_without_an_available_pod_after_th
 
     since = datetime(2026, 1, 1, tzinfo=UTC)
     grace = timedelta(seconds=30)
-    assert unavailable_after(0, 1, since, grace) == since + grace
-    assert unavailable_after(1, 1, since, grace) is None  # a pod is available: trusted
-    assert unavailable_after(0, 0, since, grace) is None  # scaled to 0 on purpose
-    assert unavailable_after(0, 1, None, grace) is None  # no report time: nothing to judge
+    assert unavailable_after(0, 1, since, None, grace) == since + grace
+    later = since + timedelta(hours=2)  # connected for hours, then the pod went unready
+    assert unavailable_after(0, 1, since, later, grace) == later + grace
+    assert unavailable_after(0, 1, later, since, grace) == later + grace  # a fresh report
+    assert unavailable_after(1, 1, since, None, grace) is None  # a pod is available: trusted
+    assert unavailable_after(0, 0, since, None, grace) is None  # scaled to 0 on purpose
+    assert unavailable_after(0, 1, None, None, grace) is None  # no report time: nothing to judge
 
     base = ReadyInputs(gateway_state="connected", gateway_pod="gw-1")
     stale = ready_condition(replace(base, gateway_unavailable=True))
