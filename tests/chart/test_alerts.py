@@ -211,3 +211,21 @@ def test_a_retryable_reason_never_pages(binaries: Binaries, tmp_path: Path,
             {"eval_time": "35m", "alertname": "SwitchboardConnectionNotReady",
              "exp_alerts": [expected(by_name["SwitchboardConnectionNotReady"], bot, reason)]},
         ]}])
+
+
+def test_operator_down_fires_when_its_target_is_down_or_gone_and_resolves(
+        binaries: Binaries, tmp_path: Path, rules: tuple[Path, dict[str, Any]]) -> None:
+    path, by_name = rules
+    job = "sb-switchboard-metrics"  # the chart's Service: the job a ServiceMonitor gives it
+    down = expected(by_name["SwitchboardOperatorDown"], {})
+    promtool_test(binaries, tmp_path, path, [{
+        # up 5m, down 10m, up again 10m; then the target is gone from discovery (absent).
+        "interval": "1m",
+        "input_series": [{"series": f'up{{job="{job}",namespace="switchboard-system"}}',
+                          "values": "1x5 0x10 1x10"}],
+        "alert_rule_test": [
+            {"eval_time": "4m", "alertname": "SwitchboardOperatorDown", "exp_alerts": []},
+            {"eval_time": "12m", "alertname": "SwitchboardOperatorDown", "exp_alerts": [down]},
+            {"eval_time": "20m", "alertname": "SwitchboardOperatorDown", "exp_alerts": []},
+            {"eval_time": "40m", "alertname": "SwitchboardOperatorDown", "exp_alerts": [down]},
+        ]}])
