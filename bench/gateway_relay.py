@@ -84,6 +84,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 async def run(args: argparse.Namespace) -> None:
     from kubernetes import client
 
+    from switchboard_operator.children import DEFAULT_GATEWAY_RESOURCES
     from switchboard_testkit.cluster import Cluster
     from switchboard_testkit.fake_telegram import FakeTelegram
     from switchboard_testkit.gateway_harness import (
@@ -132,6 +133,7 @@ async def run(args: argparse.Namespace) -> None:
             await gw.wait_serving()
             await fake.wait_until(lambda: fake.active_polls == 1, 20, "gateway polling")
             gw_lat, gw_rate = await measure(fake, args.messages, args.burst)
+            gw_peak = peak_rss(gw.proc.pid)
             await gw.terminate()
 
             ptb = await asyncio.create_subprocess_exec(
@@ -140,6 +142,7 @@ async def run(args: argparse.Namespace) -> None:
             try:
                 await fake.wait_until(lambda: fake.active_polls == 1, 20, "PTB polling")
                 ptb_lat, ptb_rate = await measure(fake, args.messages, args.burst)
+                ptb_peak = peak_rss(ptb.pid)
             finally:
                 ptb.terminate()
                 await asyncio.wait_for(ptb.wait(), 10)
@@ -169,9 +172,29 @@ async def run(args: argparse.Namespace) -> None:
           f"  p99 {(percentile(gw_lat, .99) - percentile(ptb_lat, .99))*ms:+6.2f} ms")
     print(f"throughput, burst of {args.burst} queued messages")
     print(f"  gateway {gw_rate:7.1f} msg/s    PTB {ptb_rate:7.1f} msg/s")
+    request, limit = (_mib(DEFAULT_GATEWAY_RESOURCES["requests"]["memory"]),
+                      _mib(DEFAULT_GATEWAY_RESOURCES["limits"]["memory"]))
+    print("peak memory (VmHWM) after the burst")
+    print(f"  gateway {gw_peak:6.1f} MiB    PTB Application {ptb_peak:6.1f} MiB"
+          f"    ratio {gw_peak / ptb_peak:4.2f}")
+    print(f"  default gateway request {request:.0f} MiB = {request / gw_peak:4.2f}x the peak, "
+          f"limit {limit:.0f} MiB = {limit / gw_peak:4.2f}x")
     print(f"flapping link ({args.flap_seconds:.0f} s, refused 0.3 s every second)")
     for key, value in flap.items():
         print(f"  {key}: {value}")
+
+
+def peak_rss(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def _mib(quantity: str) -> float:
+    assert quantity.endswith("Mi"), quantity
+    return float(quantity[:-2])
 
 
 async def flapping(fake, pconn, env, workdir, seconds: float, GatewayProcess) -> dict[str, object]:  # type: ignore[no-untyped-def]
