@@ -72,6 +72,8 @@ CALL_ERRORS = (TelegramError, httpx.HTTPError, OSError)
 REMEMBERED_MIGRATIONS = 1000
 # While replies wait for a chat's 429, a poll that brought nothing new waits this long.
 FLOOD_PAUSE = 1.0
+# On SIGTERM, owed replies whose wait ends within this are still sent (within the pod's grace).
+SHUTDOWN_DRAIN = 5.0
 
 T = TypeVar("T")
 
@@ -426,6 +428,18 @@ class TelegramAdapter:
                 async with asyncio.timeout(timeout):
                     await self._flood_changed.wait()
 
+    async def _drain_soon(self, deadline: float) -> None:
+        """On the way out: what the chats' waits allow before ``deadline`` (a reply sent now
+        is one the next pod does not answer again)."""
+        loop = asyncio.get_running_loop()
+        while self._flood:
+            due = self._flood.next_due()
+            if due is None or due > deadline:
+                return
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            for chat in self._flood.due(loop.time()):
+                await self._drain_chat(chat)
+
     async def _drain_chat(self, chat: int) -> None:
         loop = asyncio.get_running_loop()
         while self._flood.blocked(chat) and self._flood.until.get(chat, 0.0) <= loop.time():
@@ -541,7 +555,12 @@ class TelegramAdapter:
                         f"getMe probe failed: {short_error(exc)}"))
 
     async def _shutdown(self) -> None:
-        """Confirm what was handled (bounded), so a restart does not hand it out again."""
+        """Send the owed replies whose chat's wait ends soon, then confirm what was handled
+        (bounded), so a restart does not hand it out again."""
+        if self._flood:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(SHUTDOWN_DRAIN):
+                    await self._drain_soon(asyncio.get_running_loop().time() + SHUTDOWN_DRAIN)
         if self.offset is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):

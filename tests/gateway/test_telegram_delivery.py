@@ -151,3 +151,23 @@ async def test_a_reply_owed_to_a_rate_limited_chat_survives_a_restart(
     assert (sent.count("echo: before"), sent.count("echo: owed"), sent.count("echo: after")) \
         == (1, 1, 2)
     await gw.terminate()
+
+
+async def test_a_stopping_gateway_sends_a_reply_whose_wait_ends_soon_and_confirms_it(
+        pconn: PConn, fake: FakeTelegram, backend: EchoBackend, gateway: StartGateway) -> None:
+    """SIGTERM while a chat waits 2 s: the reply still goes out before the process ends, so
+    the next pod answers nothing twice."""
+    env = telegram_env(pconn, fake, backend)
+    gw = await start_connected(gateway, env, pconn, fake)
+    fake.flood_chat(90, retry_after=2)
+    fake.inject_message(90, "owed")
+    fake.inject_message(91, "after")
+    await fake.wait_for_sent(lambda m: m.text == "echo: after", 10)
+    assert _sends(fake, 90, 429)
+    assert await gw.terminate() == 0
+    assert [m.text for m in fake.sent_messages].count("echo: owed") == 1  # before it exited
+    gw = await start_connected(gateway, env, pconn, fake)
+    assert await gw.terminate() == 0
+    sent = [m.text for m in fake.sent_messages]
+    assert (sent.count("echo: owed"), sent.count("echo: after")) == (1, 1)
+    assert backend.texts().count("after") == 1
