@@ -84,7 +84,7 @@ class Cache:
             else:
                 metrics.forget_connection(*key)
             if ready is not None:
-                metrics.forget_connection(*key, ready_reason=ready[1])
+                metrics.forget_ready(key, ready[1])
             return key
         old = self.connections.get(key)
         if old is not None and old["metadata"].get("uid") == meta.get("uid") \

@@ -280,6 +280,13 @@ class Kube:
         return await self.request("PATCH", connection_path(namespace, name, "status"),
                                   body=body, content_type="application/merge-patch+json")
 
+    async def list_pods(self, namespace: str,
+                        selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        """The pods matching the label selector (one LIST; pods are never watched)."""
+        query = {"labelSelector": _label_selector(selector)}
+        listing = await self.request("GET", f"/api/v1/namespaces/{namespace}/pods", query=query)
+        return list(listing.get("items") or [])
+
     async def delete_pods(self, namespace: str, selector: Mapping[str, str],
                           name: str | None = None, *, uid: str | None = None) -> list[str]:
         """Delete the gateway pods (one request: deletecollection); returns the deleted names.
@@ -292,7 +299,7 @@ class Kube:
         DELETE (p50 3.7 s against 4.2 s, p99 9.3 s against 13.8 s on 2 cores): the
         apiserver's cost is per request, not the list behind it.
         """
-        query = {"labelSelector": ",".join(f"{k}={v}" for k, v in selector.items())}
+        query = {"labelSelector": _label_selector(selector)}
         if name:
             query["fieldSelector"] = f"metadata.name={name}"
         body = None
@@ -332,3 +339,7 @@ class Kube:
                                body=event)
         except (ApiError, aiohttp.ClientError, TimeoutError) as exc:  # Events: best effort
             log.warning("posting event %s failed: %s", reason, exc)
+
+
+def _label_selector(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in labels.items())

@@ -84,12 +84,13 @@ def connection_ready_changed(key: tuple[str, str], old_reason: str | None,
                              status: str, reason: str) -> None:
     """Ready of one connection is now ``status`` with ``reason`` (the old reason's series go)."""
     if old_reason is not None and old_reason != reason:
-        _remove_ready(key, old_reason)
+        forget_ready(key, old_reason)
     CONNECTION_READY.labels(*key, reason).set(1 if status == "True" else 0)
     CONNECTION_NEEDS_PERSON.labels(*key, reason).set(1 if needs_person(status, reason) else 0)
 
 
-def _remove_ready(key: tuple[str, str], reason: str) -> None:
+def forget_ready(key: tuple[str, str], reason: str) -> None:
+    """Drop one connection's Ready series (labelled with its last ``reason``)."""
     for gauge in (CONNECTION_READY, CONNECTION_NEEDS_PERSON):
         try:
             gauge.remove(*key, reason)
@@ -102,9 +103,7 @@ def connection_removed(key: tuple[str, str], old: str | None) -> None:
     forget_connection(*key)
 
 
-def forget_connection(namespace: str, name: str, ready_reason: str | None = None) -> None:
-    if ready_reason is not None:
-        _remove_ready((namespace, name), ready_reason)
+def forget_connection(namespace: str, name: str) -> None:
     for gauge, labels in [(CIRCUIT_STATE, (namespace, name)),
                           (CONNECTION_RESTARTS, (namespace, name)),
                           *((CONNECTION_STATE, (namespace, name, st)) for st in STATES)]:

@@ -287,14 +287,11 @@ class Controller:
     async def _pod_problem(self, key: Key) -> str | None:
         assert self.kube is not None
         try:
-            pods = await self.kube.request(
-                "GET", f"/api/v1/namespaces/{key[0]}/pods",
-                query={"labelSelector": ",".join(
-                    f"{k}={v}" for k, v in children.pod_selector(key[1]).items())})
+            pods = await self.kube.list_pods(key[0], children.pod_selector(key[1]))
         except ApiError as exc:  # e.g. an older chart's RBAC without pods list: just less said
             log.debug("%s/%s: cannot list gateway pods: %s", *key, exc)
             return None
-        return pod_problems.problem(pods.get("items") or [])
+        return pod_problems.problem(pods)
 
     async def _remove_foreign_fields(self, key: Key,
                                      body: Mapping[str, Any]) -> Mapping[str, Any]:
