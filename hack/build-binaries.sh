@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Build the control-plane binaries (kube-apiserver, kube-controller-manager, kubectl), etcd,
-# helm, kstatus (hack/kstatus), promtool, prometheus and kube-score from pinned Go modules into a
-# cache outside git. Idempotent: a finished binary is kept.
+# helm, kstatus (hack/kstatus), promtool, prometheus and kube-score, and the real node's
+# (kubelet, kube-proxy, kube-scheduler, containerd, its runc shim, ctr, the CNI plugins, CoreDNS
+# and a pause binary) from pinned Go modules into a cache outside git. Idempotent: a finished
+# binary is kept.
 #   SWITCHBOARD_CACHE  cache root (default ~/.cache/switchboard)
 #   SWITCHBOARD_TOOLS  all (default) | cluster: only what a cluster and the demo need (no
 #                      promtool, prometheus or kube-score: the tests' checkers)
+#   SWITCHBOARD_NODE   1 (default) | 0: leave out the real node (CI's oldest-version run)
 # Prints the bin directories it filled, one per line, on stdout; progress goes to stderr.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -68,7 +71,10 @@ staging="api apiextensions-apiserver apimachinery apiserver cli-runtime client-g
   kms kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
   mount-utils pod-security-admission sample-apiserver sample-cli-plugin sample-controller streaming"
 need_k8s=0
-for b in kube-apiserver kube-controller-manager kubectl; do [ -x "$k8s_dir/bin/$b" ] || need_k8s=1; done
+node=${SWITCHBOARD_NODE:-1}
+k8s_bins="kube-apiserver kube-controller-manager kubectl"
+[ "$node" = 1 ] && k8s_bins+=" kubelet kube-proxy kube-scheduler"
+for b in $k8s_bins; do [ -x "$k8s_dir/bin/$b" ] || need_k8s=1; done
 if [ $need_k8s = 1 ]; then
   reps=("replace (")
   for m in $staging; do reps+=("  k8s.io/$m => k8s.io/$m $staging_v"); done
@@ -83,6 +89,9 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 )
 GO
   major=${K8S_VERSION#v}; major=${major%%.*}
@@ -92,7 +101,7 @@ GO
     ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$kminor"
     ld+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
   done
-  for b in kube-apiserver kube-controller-manager kubectl; do
+  for b in $k8s_bins; do
     build "$k8s_dir/src" "$k8s_dir/bin/$b" "k8s.io/kubernetes/cmd/$b" "$ld"
   done
 fi
@@ -148,9 +157,70 @@ if [ "$tools" = all ] && [ ! -x "$ksc_dir/bin/kube-score" ]; then
   (cd "$ksc_dir/src" && go mod tidy -e >/dev/null 2>&1 || true)
   build "$ksc_dir/src" "$ksc_dir/bin/kube-score" github.com/zegl/kube-score/cmd/kube-score
 fi
+# --- the real node: containerd, the CNI plugins, CoreDNS, pause -----------------------------
+ctd_dir=$cache/containerd-$CONTAINERD_VERSION
+cni_dir=$cache/cni-plugins-$CNI_PLUGINS_VERSION
+dns_dir=$cache/coredns-$COREDNS_VERSION-$(sha256sum "$here/coredns/main.go" | cut -c1-12)
+pause_dir=$cache/pause-$(sha256sum "$here/pause/main.go" | cut -c1-12)
+if [ "$node" = 1 ]; then
+  mkdir -p "$ctd_dir/bin" "$cni_dir/bin" "$dns_dir/bin" "$pause_dir/bin"
+  if [ ! -x "$ctd_dir/bin/containerd" ] || [ ! -x "$ctd_dir/bin/containerd-shim-runc-v2" ] ||
+     [ ! -x "$ctd_dir/bin/ctr" ]; then
+    wrapper "$ctd_dir/src" switchboard.local/containerd-build \
+      "require github.com/containerd/containerd/v2 $CONTAINERD_VERSION"
+    printf '%s\n' '//go:build tools' '' 'package tools' '' 'import (' \
+      '	_ "github.com/containerd/containerd/v2/cmd/containerd"' \
+      '	_ "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"' \
+      '	_ "github.com/containerd/containerd/v2/cmd/ctr"' ')' >"$ctd_dir/src/tools.go"
+    (cd "$ctd_dir/src" && go mod tidy -e >/dev/null 2>&1 || true)
+    cv="-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
+    # No btrfs snapshotter (cgo) and no generated docs; the shim needs no gRPC server (ttrpc).
+    (export GOFLAGS="$GOFLAGS -tags=urfave_cli_no_docs,no_btrfs"
+     build "$ctd_dir/src" "$ctd_dir/bin/containerd" \
+       github.com/containerd/containerd/v2/cmd/containerd "$cv"
+     build "$ctd_dir/src" "$ctd_dir/bin/ctr" github.com/containerd/containerd/v2/cmd/ctr "$cv")
+    (export GOFLAGS="$GOFLAGS -tags=urfave_cli_no_docs,no_btrfs,no_grpc"
+     build "$ctd_dir/src" "$ctd_dir/bin/containerd-shim-runc-v2" \
+       github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 "$cv")
+  fi
+  cni_plugins="main/bridge main/loopback ipam/host-local meta/portmap"
+  need_cni=0
+  for p in $cni_plugins; do [ -x "$cni_dir/bin/${p#*/}" ] || need_cni=1; done
+  if [ $need_cni = 1 ]; then
+    wrapper "$cni_dir/src" switchboard.local/cni-build \
+      "require github.com/containernetworking/plugins $CNI_PLUGINS_VERSION"
+    { printf '%s\n' '//go:build tools' '' 'package tools' '' 'import ('
+      for p in $cni_plugins; do
+        printf '\t_ "github.com/containernetworking/plugins/plugins/%s"\n' "$p"; done
+      echo ')'; } >"$cni_dir/src/tools.go"
+    (cd "$cni_dir/src" && go mod tidy -e >/dev/null 2>&1 || true)
+    for p in $cni_plugins; do
+      build "$cni_dir/src" "$cni_dir/bin/${p#*/}" \
+        "github.com/containernetworking/plugins/plugins/$p"
+    done
+  fi
+  if [ ! -x "$dns_dir/bin/coredns" ]; then
+    wrapper "$dns_dir/src" switchboard.local/coredns "require github.com/coredns/coredns $COREDNS_VERSION"
+    cp "$here/coredns/main.go" "$dns_dir/src/main.go"
+    (cd "$dns_dir/src" && go mod tidy -e >/dev/null 2>&1 || true)
+    build "$dns_dir/src" "$dns_dir/bin/coredns" . \
+      "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
+  fi
+  if [ ! -x "$pause_dir/bin/pause" ]; then
+    wrapper "$pause_dir/src" switchboard.local/pause
+    cp "$here/pause/main.go" "$pause_dir/src/main.go"
+    build "$pause_dir/src" "$pause_dir/bin/pause" .
+  fi
+fi
 echo "$k8s_dir/bin"
 echo "$etcd_dir/bin"
 echo "$helm_dir/bin"
 echo "$ks_dir/bin"
 echo "$prom_dir/bin"
 echo "$ksc_dir/bin"
+if [ "$node" = 1 ]; then
+  echo "$ctd_dir/bin"
+  echo "$cni_dir/bin"
+  echo "$dns_dir/bin"
+  echo "$pause_dir/bin"
+fi

@@ -12,6 +12,20 @@ BUILD_SCRIPT = REPO / "hack" / "build-binaries.sh"
 
 
 @dataclass(frozen=True)
+class NodeBinaries:
+    """The real node's components (hack/build-binaries.sh with SWITCHBOARD_NODE=1)."""
+
+    kubelet: Path
+    kube_proxy: Path
+    kube_scheduler: Path
+    containerd: Path  # its directory also holds containerd-shim-runc-v2 and ctr
+    ctr: Path
+    cni_bin_dir: Path  # bridge, host-local, loopback, portmap
+    coredns: Path
+    pause: Path
+
+
+@dataclass(frozen=True)
 class Binaries:
     etcd: Path
     kube_apiserver: Path
@@ -22,6 +36,7 @@ class Binaries:
     promtool: Path  # the alert rules' checks and unit tests
     prometheus: Path  # a real scrape of the operator (static targets only)
     kube_score: Path  # best-practice checks of the rendered chart
+    node: NodeBinaries | None = None  # None when built with SWITCHBOARD_NODE=0
 
     @property
     def path_dirs(self) -> list[str]:
@@ -46,9 +61,16 @@ class Binaries:
             only its path is known (running it then fails naming that path)."""
             return next(d / name for d in dirs if d.parent.name.startswith(cache_dir))
 
+        node = None
+        if any((d / "kubelet").is_file() for d in dirs):
+            node = NodeBinaries(
+                kubelet=find("kubelet"), kube_proxy=find("kube-proxy"),
+                kube_scheduler=find("kube-scheduler"), containerd=find("containerd"),
+                ctr=find("ctr"), cni_bin_dir=find("bridge").parent, coredns=find("coredns"),
+                pause=find("pause"))
         return cls(etcd=find("etcd"), kube_apiserver=find("kube-apiserver"),
                    kube_controller_manager=find("kube-controller-manager"),
                    kubectl=find("kubectl"), helm=find("helm"),
                    kstatus=find("kstatus"), promtool=checker("promtool", "prometheus-"),
                    prometheus=checker("prometheus", "prometheus-"),
-                   kube_score=checker("kube-score", "kube-score-"))
+                   kube_score=checker("kube-score", "kube-score-"), node=node)

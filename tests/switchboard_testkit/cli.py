@@ -1,4 +1,10 @@
-"""`switchboard-devcluster up|down|status`: the local control plane for people and `make`."""
+"""`switchboard-devcluster up|down|status`: the development cluster for people and `make`.
+
+`--node real` (the default): the control plane with a real kubelet, containerd, CNI, kube-proxy
+and CoreDNS in a network namespace of their own (realnode.py); `--node local`: the control plane
+on host loopback with the test kit's local node, which runs pods as host processes
+(localnode.py).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="switchboard-devcluster")
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--workdir", type=Path, default=Path(".cluster"))
-    parser.add_argument("--crashloop-base", type=float, default=10.0)
+    parser.add_argument("--crashloop-base", type=float, default=10.0,
+                        help="the local node's first CrashLoopBackOff delay")
+    parser.add_argument("--node", choices=["real", "local"], default="real")
     args = parser.parse_args(argv)
     workdir: Path = args.workdir.resolve()
     state_file = workdir / "state.json"
@@ -22,9 +30,13 @@ def main(argv: list[str] | None = None) -> int:
         if state_file.exists() and any(pid_alive(p) for p in State.load(workdir).pids.values()):
             print(f"already running; kubeconfig: {State.load(workdir).kubeconfig}")
             return 0
-        from switchboard_testkit.cluster import Cluster  # imports the kubernetes client
+        # Imported here: both import the kubernetes client, which `down` does not need.
+        from switchboard_testkit.cluster import Cluster
+        from switchboard_testkit.realnode import RealNodeCluster
 
-        cluster = Cluster(workdir, crashloop_base=args.crashloop_base)
+        cluster: Cluster | RealNodeCluster = (
+            RealNodeCluster(workdir) if args.node == "real"
+            else Cluster(workdir, crashloop_base=args.crashloop_base))
         try:
             cluster.start()
         except Exception:
@@ -49,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kubeconfig: {state.kubeconfig}")
         return 0
     names = ", ".join(state.pids) or "nothing was running"
-    stop_all(state)
+    if "netns" in state.extra:
+        from switchboard_testkit import realnode
+
+        realnode.stop(state)
+    else:
+        stop_all(state)
     print("stopped:", names)
     return 0
 

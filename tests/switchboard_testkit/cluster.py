@@ -52,6 +52,10 @@ class Cluster:
     def stop(self) -> None:
         stop_all(self.plane.state or State.load(self.workdir))
 
+    def attach(self, state: State) -> None:
+        """Use a cluster an earlier process started (the demo run twice)."""
+        self.plane.state = state
+
     def api_client(self) -> client.ApiClient:
         cfg = client.Configuration()
         config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=cfg)

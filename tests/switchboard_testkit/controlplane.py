@@ -1,5 +1,8 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager.
 
+On host loopback beside the local node, or inside the real node's namespaces (`NodePlacement`,
+as kind runs its control plane inside the node container), published on host loopback.
+
 The same code backs `make cluster-up`/`make cluster-down` and the pytest session fixture. Every
 process is started here, recorded in `<workdir>/state.json` by PID and stopped only by that PID.
 """
@@ -17,14 +20,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from switchboard_testkit import certs
+from switchboard_testkit import certs, netns
 from switchboard_testkit.binaries import Binaries
 from switchboard_testkit.net import free_port
 
@@ -39,6 +42,8 @@ class State:
     kubeconfig: str
     server: str
     pids: dict[str, int] = field(default_factory=dict)
+    # What else cluster-down must undo (the real node: its namespace and cgroups).
+    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, workdir: Path) -> State:
@@ -47,6 +52,18 @@ class State:
     def save(self) -> None:
         path = Path(self.workdir) / "state.json"
         path.write_text(json.dumps(asdict(self), indent=2))
+
+
+@dataclass(frozen=True)
+class NodePlacement:
+    """The plane inside the real node's namespaces: bound to the node address, the API server
+    published on host loopback at `published_port` (a relay), authorizing kubelets (Node)."""
+
+    holder: int
+    published_port: int
+    node_ip: str = netns.NODE_IP
+    api_port: int = 6443  # inside the node's own network namespace: no other user of it
+    kcm_flags: tuple[str, ...] = ()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str,
@@ -135,6 +152,18 @@ class ControlPlane:
         self.timings: dict[str, float] = {}
         self._apiserver_argv: list[str] = []
         self._ready_ctx: ssl.SSLContext | None = None
+        self.node: NodePlacement | None = None
+        self.ca: certs.CertificateAuthority | None = None
+        self.internal_server = ""
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        """Where the plane's own addresses are reachable: here, or in the node's namespace."""
+        if self.node is None:
+            yield
+        else:
+            with netns.enter(self.node.holder):
+                yield
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -144,10 +173,19 @@ class ControlPlane:
         t0 = time.monotonic()
         ca = certs.CertificateAuthority(self.pki, "cluster")
         front_ca = certs.CertificateAuthority(self.pki, "front-proxy")
+        self.ca = ca
+        node = self.node
         api_port, etcd_port, etcd_peer = free_port(), free_port(), free_port()
-        server = f"https://127.0.0.1:{api_port}"
+        address = node.node_ip if node else "127.0.0.1"
+        if node:
+            api_port = node.api_port
+        self.internal_server = f"https://{address}:{api_port}"
+        server = f"https://127.0.0.1:{node.published_port}" if node else self.internal_server
+        # A state seeded before (the real node's holder and relay) keeps what it recorded.
+        seeded = self.state
         self.state = State(workdir=str(self.workdir), kubeconfig=str(self.kubeconfig),
-                           server=server)
+                           server=server, pids=seeded.pids if seeded else {},
+                           extra=seeded.extra if seeded else {})
         self.state.save()
 
         self._spawn("etcd", [
@@ -160,14 +198,15 @@ class ControlPlane:
             # A test cluster loses nothing it needs on a crash; fsync would dominate start-up.
             "--unsafe-no-fsync", "--log-level=warn", "--quota-backend-bytes=4294967296",
         ])
-        wait_for(lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"), timeout, "etcd health")
+        wait_for(lambda: self._probe(f"http://127.0.0.1:{etcd_port}/health"), timeout,
+                 "etcd health")
         self.timings["etcd"] = time.monotonic() - t0
 
         serving = ca.issue("apiserver", "kube-apiserver",
                            server_names=("localhost", "kubernetes", "kubernetes.default",
                                          "kubernetes.default.svc",
                                          "kubernetes.default.svc.cluster.local"),
-                           server_ips=("127.0.0.1", "10.96.0.1"))
+                           server_ips=("127.0.0.1", "10.96.0.1", *([address] if node else [])))
         admin = ca.issue("admin", "switchboard-admin", organization="system:masters")
         kcm = ca.issue("controller-manager", "system:kube-controller-manager")
         proxy = front_ca.issue("front-proxy-client", "front-proxy-client")
@@ -181,19 +220,16 @@ class ControlPlane:
         self._apiserver_argv = [
             str(self.bin.kube_apiserver),
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--bind-address={address}", f"--advertise-address={address}",
             f"--secure-port={api_port}",
             f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
             f"--client-ca-file={ca.cert_path}", f"--token-auth-file={tokens}",
-            "--authorization-mode=RBAC",
+            *self._node_apiserver_flags(ca),
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--api-audiences={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={sa.cert}",
             f"--service-account-signing-key-file={sa.key}",
             "--service-cluster-ip-range=10.96.0.0/16",
-            # There is no Service network on loopback: the default endpoint reconciler would
-            # fight over the kubernetes Service's endpoints and never settle.
-            "--endpoint-reconciler-type=none",
             f"--requestheader-client-ca-file={front_ca.cert_path}",
             "--requestheader-allowed-names=front-proxy-client",
             "--requestheader-username-headers=X-Remote-User",
@@ -210,10 +246,11 @@ class ControlPlane:
         self._spawn("kube-apiserver", self._apiserver_argv)
         self._ready_ctx = _client_ssl(ca.cert_path, admin)
         self._write_kubeconfig(self.kubeconfig, server, ca.cert_path, admin, "admin")
-        self._write_kubeconfig(self.workdir / "controller-manager.kubeconfig", server,
-                               ca.cert_path, kcm, "controller-manager")
+        self._write_kubeconfig(self.workdir / "controller-manager.kubeconfig",
+                               self.internal_server, ca.cert_path, kcm, "controller-manager")
         ctx = _client_ssl(ca.cert_path, admin)
-        wait_for(lambda: _http_ok(f"{server}/readyz", ctx), timeout, "kube-apiserver /readyz")
+        wait_for(lambda: self._probe(f"{self.internal_server}/readyz", ctx), timeout,
+                 "kube-apiserver /readyz")
         self.timings["kube-apiserver"] = time.monotonic() - t1
 
         t2 = time.monotonic()
@@ -223,21 +260,40 @@ class ControlPlane:
             f"--kubeconfig={kcm_config}",
             f"--authentication-kubeconfig={kcm_config}",
             f"--authorization-kubeconfig={kcm_config}",
-            "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+            f"--bind-address={address}", f"--secure-port={free_port()}",
             f"--cert-dir={self.pki / 'kcm-serving'}",
             f"--service-account-private-key-file={sa.key}",
             f"--root-ca-file={ca.cert_path}",
             f"--cluster-signing-cert-file={ca.cert_path}",
             f"--cluster-signing-key-file={ca.key_path}",
             "--use-service-account-credentials=true",
-            "--leader-elect=false", "--profiling=false",
+            "--leader-elect=false", "--profiling=false", *(node.kcm_flags if node else ()),
         ])
-        wait_for(lambda: _http_ok(
-            f"{server}/api/v1/namespaces/default/serviceaccounts/default", ctx),
+        wait_for(lambda: self._probe(
+            f"{self.internal_server}/api/v1/namespaces/default/serviceaccounts/default", ctx),
             timeout, "the default ServiceAccount (kube-controller-manager)")
         self.timings["kube-controller-manager"] = time.monotonic() - t2
         self.timings["total"] = time.monotonic() - t0
         return self.state
+
+    def _node_apiserver_flags(self, ca: certs.CertificateAuthority) -> list[str]:
+        if self.node is None:
+            # There is no Service network on loopback: the default endpoint reconciler would
+            # fight over the kubernetes Service's endpoints and never settle.
+            return ["--authorization-mode=RBAC", "--endpoint-reconciler-type=none"]
+        # A real kubelet: Node authorization and NodeRestriction, and the API server's own
+        # client certificate for logs, exec and port-forward through the kubelet.
+        kubelet_client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                                  organization="system:masters")
+        return ["--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={kubelet_client.cert}",
+                f"--kubelet-client-key={kubelet_client.key}",
+                f"--kubelet-certificate-authority={ca.cert_path}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname"]
+
+    def _probe(self, url: str, ctx: ssl.SSLContext | None = None) -> bool:
+        with self.inside():
+            return _http_ok(url, ctx)
 
     @property
     def audit_log(self) -> Path:
@@ -279,7 +335,7 @@ class ControlPlane:
         assert self.state is not None
         stop_pid(self.state.pids["kube-apiserver"], grace=1.0)  # a crash, nearly
         self._spawn("kube-apiserver", self._apiserver_argv)
-        wait_for(lambda: _http_ok(f"{self.state.server}/readyz", self._ready_ctx), timeout,
+        wait_for(lambda: self._probe(f"{self.internal_server}/readyz", self._ready_ctx), timeout,
                  "kube-apiserver /readyz after a restart")
 
     def memory_mib(self) -> dict[str, float]:
@@ -288,10 +344,13 @@ class ControlPlane:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+               host: bool = False) -> int:
+        """Start and record a component; in the node's namespaces unless `host`."""
         assert self.state
         log = open(self.logs / f"{name}.log", "ab")  # handed to the child
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+        prefix = netns.nsenter(self.node.holder) if self.node and not host else []
+        proc = subprocess.Popen([*prefix, *argv], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
                                 cwd=self.workdir, env=env)
         log.close()

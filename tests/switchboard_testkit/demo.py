@@ -1,9 +1,11 @@
 """`make demo`: the whole story on this machine, end to end, with nothing mocked but the platforms.
 
-Starts (or reuses) the local control plane in .cluster/, installs the Helm chart, starts a fake
-Telegram and a fake QQ server on loopback, creates one PlatformConnection for each, sends a
-message through each and shows the echoed reply, then cuts Telegram off and lets you watch the
-connection go through `retrying N/10`, a restart by the operator, and back to `connected`.
+Starts (or reuses) the cluster in .cluster/ (a real kubelet and containerd node, or with
+`--node local` the test kit's local node), installs the Helm chart with the image `make image`
+built, starts a fake Telegram and a fake QQ server (listening inside the node's network
+namespace), creates one PlatformConnection for each, sends a message through each and shows the
+echoed reply, then cuts Telegram off and lets you watch the connection go through
+`retrying N/10`, a restart by the operator, and back to `connected`.
 Every process it starts is recorded in .cluster/state.json; `make cluster-down` stops them all.
 """
 
@@ -20,11 +22,12 @@ from typing import Any
 
 from kubernetes import client
 
-from switchboard_testkit import diagnose, localnode
+from switchboard_testkit import diagnose, localnode, netns, realnode
 from switchboard_testkit.binaries import REPO
 from switchboard_testkit.cluster import Cluster
 from switchboard_testkit.controlplane import State, log_tails, pid_alive, stop_pid, wait_for
 from switchboard_testkit.net import free_port
+from switchboard_testkit.realnode import RealNodeCluster
 
 NS = "demo"
 TOKEN = "123456:demo-token-not-a-real-one"
@@ -81,9 +84,13 @@ spec:
 
 
 class Demo:
-    def __init__(self, workdir: Path) -> None:
-        self.cluster = Cluster(workdir)
+    def __init__(self, workdir: Path, node: str = "real") -> None:
+        self.real = node == "real"
+        self.cluster: Cluster | RealNodeCluster = (
+            RealNodeCluster(workdir) if self.real else Cluster(workdir))
         self.env = self.cluster.env()
+        # Where pods reach the fake platforms: the node address on the real node.
+        self.platform_host = netns.NODE_IP if self.real else "127.0.0.1"
 
     def run(self, cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run(cmd, env=self.env, text=True, check=True, capture_output=True,
@@ -111,12 +118,15 @@ class Demo:
         state_file = self.cluster.workdir / "state.json"
         if state_file.exists():
             state = State.load(self.cluster.workdir)
-            if state.pids and all(pid_alive(p) for p in state.pids.values()):
-                self.cluster.plane.state = state
-                step("reusing the running local cluster (.cluster/)")
+            if state.pids and all(pid_alive(p) for p in state.pids.values()) \
+                    and ("netns" in state.extra) == self.real:
+                self.cluster.attach(state)
+                step("reusing the running cluster (.cluster/)")
                 return
             self.cluster.stop()
-        step("starting etcd, kube-apiserver, kube-controller-manager and the local node ...")
+        step("starting etcd, kube-apiserver, kube-controller-manager and "
+             + ("a real node (containerd, kubelet, kube-proxy, CoreDNS) ..." if self.real
+                else "the local node ..."))
         self.cluster.start()
         step(f"control plane ready in {self.cluster.timings['total']:.1f}s; "
              f"kubeconfig: {self.cluster.kubeconfig}")
@@ -127,7 +137,9 @@ class Demo:
         old = state.pids.get(name)
         if old and pid_alive(old):
             stop_pid(old)
-        self.cluster.plane._spawn(name, [sys.executable, "-m", *argv], env=self.env)
+        if isinstance(self.cluster, RealNodeCluster):
+            argv = [*argv, f"--node-holder={self.cluster.holder}"]
+        self.cluster.plane._spawn(name, [sys.executable, "-m", *argv], env=self.env, host=True)
 
     def install_chart(self) -> None:
         step("helm install switchboard (operator, RBAC, CRD) ...")
@@ -136,18 +148,21 @@ class Demo:
         diagnose.run_watching(
             [helm, "upgrade", "--install", "switchboard", str(REPO / "helm/switchboard"),
              "--namespace", "switchboard-system", "--create-namespace",
-             *localnode.CHART_VALUES, "--wait", "--timeout", "3m"],
+             *(realnode.CHART_VALUES if self.real else localnode.CHART_VALUES),
+             "--wait", "--timeout", "3m"],
             env=self.env, core=self.core(), namespaces=["switchboard-system"],
             workdir=self.cluster.workdir, timeout=240)
-        step("operator running (as a local process on the local node)")
+        step("operator running (in its container on the real node)" if self.real
+             else "operator running (as a local process on the local node)")
 
     def main(self) -> None:
         self.start_cluster()
         self.install_chart()
 
         tg_port, tg_ctl, qq_port, qq_ctl = free_port(), free_port(), free_port(), free_port()
-        step(f"starting a fake Telegram Bot API on 127.0.0.1:{tg_port} "
-             f"and a fake QQ Bot gateway on 127.0.0.1:{qq_port}")
+        host = self.platform_host
+        step(f"starting a fake Telegram Bot API on {host}:{tg_port} "
+             f"and a fake QQ Bot gateway on {host}:{qq_port}")
         self.spawn_fake("fake-telegram", ["switchboard_testkit.fake_telegram",
                                           f"--port={tg_port}", f"--control-port={tg_ctl}",
                                           f"--token={TOKEN}"])
@@ -162,7 +177,7 @@ class Demo:
         step("creating namespace demo, two Secrets and two PlatformConnections")
         self._ensure_namespace()
         self.kubectl("apply", "-f", "-", input=manifests(
-            f"http://127.0.0.1:{tg_port}/bot", f"http://127.0.0.1:{qq_port}"))
+            f"http://{host}:{tg_port}/bot", f"http://{host}:{qq_port}"))
         step("waiting for both connections to become Ready ...")
         diagnose.run_watching(
             [str(self.cluster.binaries.kubectl), "-n", NS, "wait", "--for=condition=Ready",
@@ -254,8 +269,9 @@ def _text(reply: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=REPO / ".cluster")
+    parser.add_argument("--node", choices=["real", "local"], default="real")
     args = parser.parse_args(argv)
-    demo = Demo(args.workdir)
+    demo = Demo(args.workdir, args.node)
     try:
         demo.main()
     except Exception as exc:

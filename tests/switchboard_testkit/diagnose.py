@@ -1,6 +1,7 @@
 """Why a pod of the local cluster does not come up, in the words a user needs: its waiting or
 termination reason and the last lines its container wrote (the local node keeps them under
-<workdir>/pods/<namespace>_<pod>/<container>.log)."""
+<workdir>/pods/<namespace>_<pod>/<container>.log, the real node's kubelet under
+<workdir>/pod-logs/<namespace>_<pod>_<uid>/<container>/<restart>.log in the CRI format)."""
 
 from __future__ import annotations
 
@@ -39,10 +40,23 @@ def describe(pod: client.V1Pod, workdir: Path, lines: int = 15) -> str:
         text.append(f"  container {s.name}: restarts {s.restart_count}"
                     + (f", waiting: {waiting.reason}" if waiting else "")
                     + (f", last exit code {last.exit_code} ({last.reason})" if last else ""))
-        log = pod_dir(workdir, ns, name) / f"{s.name}.log"
-        tail = log.read_text(errors="replace").splitlines()[-lines:] if log.exists() else []
+        tail = container_log(workdir, ns, name, s.name)[-lines:]
         text += [f"  | {line}" for line in tail] or ["  (no log lines)"]
     return "\n".join(text)
+
+
+def container_log(workdir: Path, namespace: str, pod: str, container: str) -> list[str]:
+    """The lines a container wrote, from the local or the real node's log files."""
+    local = pod_dir(workdir, namespace, pod) / f"{container}.log"
+    if local.exists():
+        return local.read_text(errors="replace").splitlines()
+    runs = sorted((workdir / "pod-logs").glob(f"{namespace}_{pod}_*/{container}/*.log"),
+                  key=lambda p: p.stat().st_mtime)
+    if not runs:
+        return []
+    # CRI lines: "<time> <stream> <P|F> <text>".
+    return [line.split(" ", 3)[-1] for line in
+            runs[-1].read_text(errors="replace").splitlines()]
 
 
 def run_watching(cmd: list[str], *, env: dict[str, str], core: client.CoreV1Api,

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 
-from switchboard_testkit.fake_telegram import LOOPBACK, FakeServer, serve_cli
+from switchboard_testkit.fake_telegram import FakeServer, serve_cli
 
 # Opcodes of the QQ Bot gateway.
 OP_DISPATCH, OP_HEARTBEAT, OP_IDENTIFY, OP_RESUME = 0, 1, 2, 6
@@ -121,8 +121,9 @@ class FakeQQ(FakeServer[SentMessage]):
         replay_limit: int = 1000,
         bot_name: str = "Switchboard Fake Bot",
         dedupe_msg_seq: bool = True,
+        node_holder: int | None = None,
     ) -> None:
-        super().__init__(port=port, control_port=control_port)
+        super().__init__(port=port, control_port=control_port, node_holder=node_holder)
         self.app_id = app_id
         self.client_secret = client_secret
         self.token_ttl = token_ttl
@@ -161,7 +162,7 @@ class FakeQQ(FakeServer[SentMessage]):
 
     @property
     def websocket_url(self) -> str:
-        return f"ws://{LOOPBACK}:{self.port}/websocket"
+        return f"ws://{self._host}:{self.port}/websocket"
 
     @property
     def connection_count(self) -> int:
@@ -731,10 +732,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--client-secret", default=DEFAULT_CLIENT_SECRET)
     parser.add_argument("--token-ttl", type=float, default=7200.0, help="access token seconds")
     parser.add_argument("--heartbeat-interval-ms", type=int, default=41250)
+    parser.add_argument("--node-holder", type=int, help="serve inside this real node")
     args = parser.parse_args(argv)
     fake = FakeQQ(
         args.app_id, args.client_secret, port=args.port, control_port=args.control_port,
         token_ttl=args.token_ttl, heartbeat_interval_ms=args.heartbeat_interval_ms,
+        node_holder=args.node_holder,
     )
     serve_cli(fake)
 

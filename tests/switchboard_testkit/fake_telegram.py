@@ -34,6 +34,8 @@ from typing import Any, Generic, Self, TypeVar
 
 from aiohttp import web
 
+from switchboard_testkit import netns
+
 LOOPBACK = "127.0.0.1"  # the fakes never listen anywhere else
 
 SentT = TypeVar("SentT")
@@ -58,8 +60,13 @@ class FakeServer(Generic[SentT]):
     (``control_url``) that stays up so another process can still say ``accept_connections``.
     """
 
-    def __init__(self, *, port: int = 0, control_port: int = 0) -> None:
+    def __init__(self, *, port: int = 0, control_port: int = 0,
+                 node_holder: int | None = None) -> None:
         self._port = port
+        # On the real node, pods reach the platform at the node address inside its network
+        # namespace (netns.py); the control listener stays on host loopback for the tests.
+        self._node_holder = node_holder
+        self._host = netns.NODE_IP if node_holder else LOOPBACK
         self._control_port = control_port
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
@@ -119,7 +126,7 @@ class FakeServer(Generic[SentT]):
 
     @property
     def root_url(self) -> str:
-        return f"http://{LOOPBACK}:{self._port}"
+        return f"http://{self._host}:{self._port}"
 
     @property
     def control_url(self) -> str:
@@ -179,9 +186,14 @@ class FakeServer(Generic[SentT]):
         assert self._runner is not None and self._runner.server is not None
         loop = asyncio.get_running_loop()
         # reuse_address lets us re-bind the same port while old sockets sit in TIME_WAIT.
-        self._listener = await loop.create_server(
-            self._runner.server, LOOPBACK, self._port, reuse_address=True
-        )
+        if self._node_holder is None:
+            self._listener = await loop.create_server(
+                self._runner.server, LOOPBACK, self._port, reuse_address=True
+            )
+        else:
+            self._listener = await loop.create_server(
+                self._runner.server, sock=netns.listen(self._node_holder, self._host, self._port)
+            )
         self._port = self._listener.sockets[0].getsockname()[1]
 
     def _drop_connections(self, spare: asyncio.BaseTransport | None) -> None:
@@ -437,8 +449,9 @@ class FakeTelegram(FakeServer[SentMessage]):
         bot_first_name: str = "Switchboard Fake Bot",
         first_update_id: int = 100_000_001,
         terminate_concurrent_polls: bool = True,
+        node_holder: int | None = None,
     ) -> None:
-        super().__init__(port=port, control_port=control_port)
+        super().__init__(port=port, control_port=control_port, node_holder=node_holder)
         self._token: str | None = token
         self.bot_username = bot_username
         self.bot_first_name = bot_first_name
@@ -958,10 +971,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control-port", type=int, default=0)
     parser.add_argument("--token", default=DEFAULT_TOKEN)
     parser.add_argument("--bot-username", default="switchboard_fake_bot")
+    parser.add_argument("--node-holder", type=int, help="serve inside this real node")
     args = parser.parse_args(argv)
     fake = FakeTelegram(
         args.token, port=args.port, control_port=args.control_port,
-        bot_username=args.bot_username,
+        bot_username=args.bot_username, node_holder=args.node_holder,
     )
     serve_cli(fake)
 
