@@ -4,11 +4,14 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CLUSTER_DIR ?= .cluster
+# real: kubelet, containerd, CNI, kube-proxy and CoreDNS in a namespace of their own; local: the
+# test kit's local node (pods as host processes, no images).
+NODE ?= real
 # The kubeconfig `make install` / `make run` use: $KUBECONFIG, else the local cluster's.
 KUBECONFIG ?= $(CURDIR)/$(CLUSTER_DIR)/kubeconfig
 export KUBECONFIG
 
-.PHONY: help venv binaries cluster-binaries test lint cluster-up cluster-down cluster-status install run demo bench clean
+.PHONY: help venv binaries cluster-binaries image test lint cluster-up cluster-down cluster-status install run demo bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -30,6 +33,9 @@ binaries: ## build etcd, the control plane, kubectl, helm, kstatus, promtool, pr
 cluster-binaries:
 	@SWITCHBOARD_TOOLS=cluster bash hack/build-binaries.sh >/dev/null
 
+image: ## build the project's OCI image without Docker (mmdebstrap + umoci; needs root)
+	@bash hack/build-image.sh | awk '$$1 == "switchboard" {print "image " $$2 "\narchive " $$3}'
+
 test: venv binaries ## ruff, mypy, then the whole test suite (starts its own control plane)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -39,10 +45,10 @@ lint: venv ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-cluster-up: venv cluster-binaries ## start etcd, kube-apiserver, kube-controller-manager and the local node
-	SWITCHBOARD_TOOLS=cluster $(BIN)/switchboard-devcluster up --workdir $(CLUSTER_DIR)
+cluster-up: venv cluster-binaries ## start the control plane and a real node (NODE=local: the local node)
+	SWITCHBOARD_TOOLS=cluster $(BIN)/switchboard-devcluster up --node $(NODE) --workdir $(CLUSTER_DIR)
 
-cluster-down: ## stop exactly the processes cluster-up started
+cluster-down: ## stop what cluster-up started (processes, the node's namespace and cgroups)
 	@if [ -x $(BIN)/switchboard-devcluster ]; then $(BIN)/switchboard-devcluster down --workdir $(CLUSTER_DIR); fi
 
 cluster-status: ## processes and memory of the local cluster
@@ -65,7 +71,7 @@ run: venv install ## run the operator against the current kubeconfig
 	  --metrics-address 127.0.0.1 --metrics-port "$$metrics"
 
 demo: venv cluster-binaries ## control plane, Helm chart, fake platforms, two connections, an outage
-	SWITCHBOARD_TOOLS=cluster $(BIN)/python -m switchboard_testkit.demo --workdir $(CLUSTER_DIR)
+	SWITCHBOARD_TOOLS=cluster $(BIN)/python -m switchboard_testkit.demo --node $(NODE) --workdir $(CLUSTER_DIR)
 
 bench: venv binaries ## print the benchmark figures
 	$(BIN)/python bench/operator_scale.py

@@ -43,10 +43,10 @@ pack() {
 }
 
 # --- switchboard ------------------------------------------------------------------------------
-src_hash=$( (cd "$repo" && git ls-files -s pyproject.toml README.md operator gateway contract \
-               hack/build-image.sh hack/versions.env 2>/dev/null ||
-             find pyproject.toml README.md operator gateway contract -type f -exec sha256sum {} +) |
-           sha256sum | cut -c1-12)
+# What the image is built from, by content (edits not yet committed included).
+src_hash=$(cd "$repo" && find pyproject.toml README.md operator gateway contract hack/build-image.sh \
+             hack/versions.env -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 |
+           sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
 sb_archive=$out/switchboard-$version-$src_hash.oci.tar
 if [ ! -f "$sb_archive" ]; then
   t0=$SECONDS
@@ -91,7 +91,8 @@ echo "switchboard $repository:$version $sb_archive"
 # --- pause and coredns: one static binary each ------------------------------------------------
 bins=$(SWITCHBOARD_TOOLS=cluster bash "$here/build-binaries.sh")
 for name in pause coredns; do
-  bin=$(for d in $bins; do [ -x "$d/$name" ] && echo "$d/$name"; done | head -1)
+  bin=
+  for d in $bins; do if [ -x "$d/$name" ]; then bin=$d/$name; break; fi; done
   [ -n "$bin" ] || { log "$name was not built (SWITCHBOARD_NODE=0?)"; exit 1; }
   tag=$(basename "$(dirname "$(dirname "$bin")")")   # its cache directory: name-version-hash
   tag=${tag#"$name"-}

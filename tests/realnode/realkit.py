@@ -1,0 +1,68 @@
+"""Helpers of the real-node suites: fake platforms served inside the node, status waits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from switchboard_testkit import netns
+from switchboard_testkit.controlplane import stop_pid, wait_for
+from switchboard_testkit.net import free_port
+from switchboard_testkit.realnode import RealNodeCluster
+
+SYSTEM = "switchboard-system"
+
+
+class Fake:
+    """A fake platform process: platform port inside the node, control port on host loopback."""
+
+    def __init__(self, real: RealNodeCluster, module: str, *args: str) -> None:
+        self.port, control = free_port(), free_port()
+        self.control = f"http://127.0.0.1:{control}/_fake"
+        log = open(real.workdir / "logs" / f"{module}-{self.port}.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"switchboard_testkit.{module}", f"--port={self.port}",
+             f"--control-port={control}", f"--node-holder={real.holder}", *args],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_for(lambda: self.call("state", method="GET") is not None, 30, f"{module} up")
+
+    @property
+    def base(self) -> str:
+        return f"http://{netns.NODE_IP}:{self.port}"
+
+    def call(self, action: str, body: dict[str, Any] | None = None, method: str = "POST",
+             timeout: float = 60) -> Any:
+        data = json.dumps(body or {}).encode() if method == "POST" else None
+        req = urllib.request.Request(f"{self.control}/{action}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def stop(self) -> None:
+        stop_pid(self.proc.pid)
+
+
+def wait_status(real: RealNodeCluster, ns: str, name: str, done: Callable[[dict[str, Any]], bool],
+                timeout: float, what: str) -> dict[str, Any]:
+    """Poll the connection's status until `done` holds (kubectl, as a user would see it)."""
+    seen: dict[str, Any] = {}
+
+    def check() -> bool:
+        nonlocal seen
+        out = real.kubectl("-n", ns, "get", "platformconnection", name, "-o", "json").stdout
+        seen = json.loads(out).get("status", {})
+        return done(seen)
+
+    deadline = time.monotonic() + timeout
+    try:
+        wait_for(check, timeout, what, interval=0.5)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; last status after {time.monotonic() - deadline + timeout:.0f}"
+                           f"s: {json.dumps(seen)}") from None
+    return seen

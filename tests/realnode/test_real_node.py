@@ -1,0 +1,191 @@
+"""What only a real kubelet shows: the project's image in containers, with the pods'
+securityContext, memory limits, probes, Services and cluster DNS enforced by the kubelet,
+containerd, runc, kube-proxy and CoreDNS (realnode.py). The local node runs pods as host
+processes and can show none of it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import urllib.request
+from typing import Any
+
+from realkit import SYSTEM, Fake, wait_status
+
+from switchboard_testkit import netns
+from switchboard_testkit.controlplane import wait_for
+from switchboard_testkit.realnode import RealNodeCluster
+
+TOKEN = "424242:real-node-test-token"
+
+
+def pods(real: RealNodeCluster, ns: str, selector: str) -> list[dict[str, Any]]:
+    out = real.kubectl("-n", ns, "get", "pods", "-l", selector, "-o", "json").stdout
+    return list(json.loads(out)["items"])
+
+
+def operator_pod(real: RealNodeCluster) -> dict[str, Any]:
+    found = pods(real, SYSTEM, "app.kubernetes.io/name=switchboard")
+    assert found, "no operator pod"
+    return found[0]
+
+
+def image_ref(real: RealNodeCluster) -> str:
+    return real.images["switchboard"][0]
+
+
+def test_operator_runs_in_its_container_read_only_as_65532(real: RealNodeCluster,
+                                                            chart: str) -> None:
+    pod = operator_pod(real)
+    status = pod["status"]["containerStatuses"][0]
+    assert status["ready"] and status["image"].endswith(image_ref(real).split("/", 1)[1])
+    assert status["containerID"].startswith("containerd://")
+    done = real.kubectl("-n", SYSTEM, "exec", pod["metadata"]["name"], "--", "sh", "-c",
+                        "id -u; id -g; touch /written 2>&1; echo rc=$?; "
+                        "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status")
+    lines = done.stdout.splitlines()
+    assert lines[0] == "65532" and lines[1] == "65532", done.stdout
+    assert "Read-only file system" in done.stdout and "rc=1" in done.stdout
+    fields = dict(line.split(":\t") for line in lines if ":\t" in line)
+    assert int(fields["CapEff"], 16) == 0  # every capability dropped
+    assert fields["NoNewPrivs"] == "1" and fields["Seccomp"] == "2"  # RuntimeDefault filter
+
+
+def test_a_container_over_its_memory_limit_is_oom_killed(real: RealNodeCluster,
+                                                          ns: str) -> None:
+    pod = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hog", "namespace": ns},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "hog", "image": image_ref(real), "imagePullPolicy": "IfNotPresent",
+            # Written bytes (not a zeroed calloc, which touches no page).
+            "command": ["python3", "-c", "b = b'x' * (256 * 2**20); print(len(b))"],
+            "resources": {"limits": {"memory": "64Mi"}, "requests": {"memory": "64Mi"}},
+            "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]}}}]}}
+    real.kubectl("apply", "-f", "-", input=json.dumps(pod))
+
+    def terminated() -> dict[str, Any] | None:
+        got = json.loads(real.kubectl("-n", ns, "get", "pod", "hog", "-o", "json").stdout)
+        for s in got["status"].get("containerStatuses", []):
+            if s["state"].get("terminated"):
+                return dict(s["state"]["terminated"])
+        return None
+
+    state = wait_for(terminated, 120, "the memory hog to end")
+    assert isinstance(state, dict)
+    assert state["reason"] == "OOMKilled" and state["exitCode"] == 137, state
+
+
+def test_operator_metrics_through_its_service_cluster_ip(real: RealNodeCluster,
+                                                         chart: str) -> None:
+    svc = json.loads(real.kubectl("-n", SYSTEM, "get", "service", "switchboard-metrics",
+                                  "-o", "json").stdout)
+    ip, port = svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"]
+    assert ip.startswith("10.96.")
+
+    def scrape() -> str:
+        with netns.enter(real.holder):  # from the node, as Prometheus on it would
+            with urllib.request.urlopen(f"http://{ip}:{port}/metrics", timeout=5) as resp:
+                return str(resp.read().decode())
+
+    body = wait_for(scrape, 60, f"the operator's metrics at {ip}:{port}")
+    assert isinstance(body, str) and "switchboard_connections" in body
+
+
+def backend(real: RealNodeCluster, ns: str) -> str:
+    """The project's echo backend as a Deployment behind a Service; its cluster DNS URL."""
+    manifests = [
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "echo-backend", "namespace": ns},
+         "spec": {"selector": {"matchLabels": {"app": "echo-backend"}},
+                  "template": {"metadata": {"labels": {"app": "echo-backend"}}, "spec": {
+                      "containers": [{
+                          "name": "backend", "image": image_ref(real),
+                          "imagePullPolicy": "IfNotPresent",
+                          "command": ["python3", "-m", "switchboard_gateway.backend",
+                                      "--host", "0.0.0.0", "--port", "8090"],
+                          "ports": [{"name": "http", "containerPort": 8090}],
+                          "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+                                             "periodSeconds": 1}}]}}}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "echo-backend", "namespace": ns},
+         "spec": {"selector": {"app": "echo-backend"},
+                  "ports": [{"port": 80, "targetPort": "http"}]}},
+    ]
+    for m in manifests:
+        real.kubectl("apply", "-f", "-", input=json.dumps(m))
+    real.kubectl("-n", ns, "rollout", "status", "deployment/echo-backend", "--timeout=120s",
+                 timeout=130)
+    return f"http://echo-backend.{ns}.svc.cluster.local/relay"
+
+
+def telegram_connection(real: RealNodeCluster, ns: str, fake: Fake, backend_spec: dict[str, Any],
+                        **spec: Any) -> None:
+    real.kubectl("-n", ns, "create", "secret", "generic", "bot", f"--from-literal=token={TOKEN}")
+    real.kubectl("-n", ns, "label", "secret", "bot", "switchboard.dev/credentials=true")
+    pc = {"apiVersion": "switchboard.dev/v1alpha1", "kind": "PlatformConnection",
+          "metadata": {"name": "bot", "namespace": ns},
+          "spec": {"platform": "telegram", "apiBaseURL": f"{fake.base}/bot",
+                   "telegram": {"tokenSecretRef": {"name": "bot"}, **spec.pop("telegram", {})},
+                   "backend": backend_spec, **spec}}
+    real.kubectl("apply", "-f", "-", input=json.dumps(pc))
+
+
+def test_gateway_reaches_its_backend_by_service_dns_name(real: RealNodeCluster, chart: str,
+                                                        ns: str, fake_telegram: Any) -> None:
+    url = backend(real, ns)
+    fake = fake_telegram(TOKEN)
+    telegram_connection(real, ns, fake, {"url": url})
+    wait_status(real, ns, "bot", lambda s: s.get("state") == "connected", 120, "connected")
+    fake.call("inject_message", {"chat_id": 7, "text": "through cluster DNS"})
+    sent = fake.call("wait_for_sent", {"timeout": 30, "contains": "through cluster DNS"})
+    assert "echo: through cluster DNS" in json.dumps(sent)
+
+
+def test_the_kubelets_liveness_probe_restarts_a_frozen_gateway(real: RealNodeCluster,
+                                                               chart: str, ns: str,
+                                                               fake_telegram: Any) -> None:
+    fake = fake_telegram(TOKEN)
+    telegram_connection(real, ns, fake, {"echo": True})
+    wait_status(real, ns, "bot", lambda s: s.get("state") == "connected", 120, "connected")
+    pod = pods(real, ns, "switchboard.dev/connection=bot")[0]
+    container_id = pod["status"]["containerStatuses"][0]["containerID"].split("//", 1)[1]
+    pid = int(real._ctr("task", "ls").stdout.split(container_id, 1)[1].split()[0])
+    os.kill(pid, signal.SIGSTOP)  # alive to the kernel, silent to every probe
+    try:
+        def restarted() -> bool:
+            got = pods(real, ns, "switchboard.dev/connection=bot")
+            return bool(got) and got[0]["status"]["containerStatuses"][0]["restartCount"] >= 1
+        wait_for(restarted, 120, "the kubelet to restart the frozen gateway")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the kubelet may have killed it
+            os.kill(pid, signal.SIGCONT)
+    events = real.kubectl("-n", ns, "get", "events", "-o", "json").stdout
+    unhealthy = [e for e in json.loads(events)["items"] if e["reason"] == "Unhealthy"]
+    assert any("Liveness probe failed" in e["message"]
+               and "kubelet" in (e.get("source", {}).get("component"),
+                                 e.get("reportingComponent"))
+               for e in unhealthy), unhealthy
+    wait_status(real, ns, "bot", lambda s: s.get("state") == "connected", 120,
+                "connected again")
+
+
+def test_outage_restart_and_recovery_on_the_real_node(real: RealNodeCluster, chart: str,
+                                                      ns: str, fake_telegram: Any) -> None:
+    """The operator's restart path with real pods: an exhausted ladder ends in fatal, the
+    operator restarts the gateway, and it connects again once the platform answers."""
+    fake = fake_telegram(TOKEN)
+    telegram_connection(real, ns, fake, {"echo": True},
+                        telegram={"reconnect": {"maxAttempts": 2, "initialDelaySeconds": 1,
+                                                "maxDelaySeconds": 1}},
+                        restartPolicy={"initialDelaySeconds": 1, "maxDelaySeconds": 2})
+    wait_status(real, ns, "bot", lambda s: s.get("state") == "connected", 120, "connected")
+    fake.call("fail_next", {"n": 100000, "status": 502, "method": None})
+    wait_status(real, ns, "bot", lambda s: s.get("restarts", 0) >= 1, 180,
+                "a restart by the operator")
+    fake.call("clear_faults")
+    status = wait_status(real, ns, "bot", lambda s: s.get("state") == "connected", 180,
+                         "connected again")
+    assert status["restarts"] >= 1
