@@ -1,6 +1,6 @@
 # One image for the operator and the gateway: the operator's Deployment runs `switchboard-operator`,
-# gateway Deployments run `switchboard-gateway`. Cannot be built on the development machines (no
-# Docker engine there); CI for images belongs to a registry-connected pipeline.
+# gateway Deployments run `switchboard-gateway`. For people with Docker; `make image` builds the
+# same image without Docker (hack/build-image.sh), and tests/image/test_image.py checks both agree.
 # Base pinned by exact version; pin it by digest as well in your registry mirror.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 

@@ -77,6 +77,7 @@ bench: venv binaries ## print the benchmark figures
 	$(BIN)/python bench/operator_scale.py
 	$(BIN)/python bench/gateway_relay.py
 	$(BIN)/python bench/secret_memory.py
+	$(BIN)/python bench/node_startup.py
 
 clean: cluster-down ## remove the local cluster state and the venv
 	rm -rf $(CLUSTER_DIR) $(VENV)

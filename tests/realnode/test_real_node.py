@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import urllib.request
 from typing import Any
 
@@ -189,3 +190,51 @@ def test_outage_restart_and_recovery_on_the_real_node(real: RealNodeCluster, cha
     status = wait_status(real, ns, "bot", lambda s: s.get("state") == "connected", 180,
                          "connected again")
     assert status["restarts"] >= 1
+
+
+def test_circuit_opens_scales_the_real_pod_away_and_closes_after_recovery(
+        real: RealNodeCluster, chart: str, ns: str, fake_telegram: Any) -> None:
+    """The breaker with real pods: open takes the gateway pod away (the kubelet stops it),
+    half-open brings a probe pod, a failed probe reopens, a connected probe closes it."""
+    fake = fake_telegram(TOKEN)
+    fake.call("fail_next", {"n": 100000, "status": 502, "method": None})
+    telegram_connection(real, ns, fake, {"echo": True},
+                        telegram={"reconnect": {"maxAttempts": 2, "initialDelaySeconds": 1,
+                                                "maxDelaySeconds": 1}},
+                        restartPolicy={"initialDelaySeconds": 1, "maxDelaySeconds": 1},
+                        circuitBreaker={"failureThreshold": 2, "cooldownSeconds": 3,
+                                        "maxCooldownSeconds": 6})
+    status = wait_status(real, ns, "bot", lambda s: s.get("circuit", {}).get("state") == "open",
+                         180, "the circuit open")
+    assert status["needsAttention"] is True
+    wait_for(lambda: not pods(real, ns, "switchboard.dev/connection=bot"), 60,
+             "the gateway pod gone while the circuit is open")
+    # The probe pod fails as well: reopened, cooldown doubled.
+    status = wait_status(real, ns, "bot", lambda s: s["circuit"].get("opens", 0) >= 2, 120,
+                         "the circuit reopened after a failed probe")
+    assert status["circuit"]["cooldownSeconds"] == 6
+    fake.call("clear_faults")
+    status = wait_status(real, ns, "bot", lambda s: s["circuit"]["state"] == "closed"
+                         and s.get("state") == "connected", 180, "closed and connected")
+    assert status["consecutiveFailures"] == 0
+    assert pods(real, ns, "switchboard.dev/connection=bot")
+
+
+def test_kubectl_port_forward_reaches_the_operators_metrics(real: RealNodeCluster,
+                                                            chart: str) -> None:
+    """Through the API server, the kubelet and containerd's stream server into the pod's own
+    loopback: the chart's portForward default binds the metrics port there too."""
+    pod = operator_pod(real)["metadata"]["name"]
+    proc = subprocess.Popen(
+        [str(real.binaries.kubectl), "-n", SYSTEM, "port-forward", f"pod/{pod}", ":metrics"],
+        env=real.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "Forwarding from 127.0.0.1:NNNNN -> 8080"
+        assert line.startswith("Forwarding from 127.0.0.1:"), line
+        local = line.split("127.0.0.1:", 1)[1].split()[0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{local}/metrics", timeout=10) as resp:
+            assert b"switchboard_connections" in resp.read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -62,7 +62,7 @@ class Binaries:
             return next(d / name for d in dirs if d.parent.name.startswith(cache_dir))
 
         node = None
-        if any((d / "kubelet").is_file() for d in dirs):
+        if any((d / "containerd").is_file() for d in dirs):  # SWITCHBOARD_NODE=1
             node = NodeBinaries(
                 kubelet=find("kubelet"), kube_proxy=find("kube-proxy"),
                 kube_scheduler=find("kube-scheduler"), containerd=find("containerd"),

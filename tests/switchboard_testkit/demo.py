@@ -121,7 +121,7 @@ class Demo:
             if state.pids and all(pid_alive(p) for p in state.pids.values()) \
                     and ("netns" in state.extra) == self.real:
                 self.cluster.attach(state)
-                step("reusing the running cluster (.cluster/)")
+                step(f"reusing the running cluster ({self.cluster.workdir})")
                 return
             self.cluster.stop()
         step("starting etcd, kube-apiserver, kube-controller-manager and "

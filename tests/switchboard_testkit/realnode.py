@@ -129,7 +129,9 @@ class RealNodeCluster:
         return state
 
     def stop(self) -> None:
-        stop(self.plane.state or State.load(self.workdir))
+        # From disk: another process (the demo) may have recorded more of its own there.
+        state_file = self.workdir / "state.json"
+        stop(State.load(self.workdir) if state_file.exists() else self.plane.state)
 
     def attach(self, state: State) -> None:
         """Use a cluster an earlier process started (the demo run twice)."""
@@ -339,9 +341,11 @@ def _node_ready(core: client.CoreV1Api) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
 
 
-def stop(state: State) -> None:
+def stop(state: State | None) -> None:
     """Stop what `RealNodeCluster.start` recorded, then what is left in the node's namespace
     and cgroups (shims and containers are not our children), then remove the cgroups."""
+    if state is None:
+        return
     netns_id = state.extra.get("netns")
     cgroup_root = state.extra.get("cgroup_root")
     holder = state.pids.get("node-namespaces")
