@@ -388,13 +388,22 @@ def _pids_in(netns_id: str | None, cgroup_root: str | None) -> list[int]:
     return sorted(p for p in found if pid_alive(p))
 
 
-def _remove_cgroups(cgroup_root: str) -> None:
-    for hierarchy in _hierarchies():
-        root = hierarchy / cgroup_root
-        if not root.is_dir():
-            continue
-        inner = sorted((p for p in root.rglob("*") if p.is_dir()),
-                       key=lambda p: len(p.parts), reverse=True)
-        for path in [*inner, root]:
-            with contextlib.suppress(OSError):
-                path.rmdir()
+def _remove_cgroups(cgroup_root: str, timeout: float = 15.0) -> None:
+    """rmdir the tree, deepest first; a cgroup whose last task is still exiting refuses (EBUSY)
+    for a moment, so retry until it is gone."""
+
+    def remove() -> bool:
+        left = False
+        for hierarchy in _hierarchies():
+            root = hierarchy / cgroup_root
+            if not root.is_dir():
+                continue
+            inner = sorted((p for p in root.rglob("*") if p.is_dir()),
+                           key=lambda p: len(p.parts), reverse=True)
+            for path in [*inner, root]:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            left = left or root.is_dir()
+        return not left
+
+    wait_for(remove, timeout, f"cgroups {cgroup_root} removed", interval=0.2)
