@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client
 
 from switchboard_testkit.binaries import Binaries
-from switchboard_testkit.cluster import Cluster
+from switchboard_testkit.cluster import Cluster, running
 
 
 @pytest.fixture(scope="session")
@@ -21,15 +21,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     a node setting, like a kubelet flag, not a code path of the project under test.
     """
     workdir = tmp_path_factory.mktemp("cluster")
-    c = Cluster(workdir, crashloop_base=float(os.environ.get("SWITCHBOARD_CRASHLOOP_BASE", "1")))
-    try:
-        c.start()
-    except Exception:
-        print(c.log_tails())
-        c.stop()
-        raise
-    yield c
-    c.stop()
+    base = float(os.environ.get("SWITCHBOARD_CRASHLOOP_BASE", "1"))
+    with running(Cluster(workdir, crashloop_base=base)) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

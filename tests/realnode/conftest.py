@@ -12,21 +12,15 @@ from realkit import SYSTEM, Fake
 
 from switchboard_testkit import diagnose, realnode
 from switchboard_testkit.binaries import REPO
+from switchboard_testkit.cluster import running
 from switchboard_testkit.realnode import RealNodeCluster
 
 
 @pytest.fixture(scope="session")
 def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNodeCluster]:
-    c = RealNodeCluster(tmp_path_factory.mktemp("realnode"))
-    try:
-        c.start()
-    except Exception:
-        print(c.log_tails())
-        c.stop()
-        raise
-    print(f"real node up: {', '.join(f'{k} {v:.1f}s' for k, v in c.timings.items())}")
-    yield c
-    c.stop()
+    with running(RealNodeCluster(tmp_path_factory.mktemp("realnode"))) as c:
+        print(f"real node up: {', '.join(f'{k} {v:.1f}s' for k, v in c.timings.items())}")
+        yield c
 
 
 @pytest.fixture(scope="session")

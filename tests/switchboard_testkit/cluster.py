@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from kubernetes import client, config
 
@@ -15,7 +18,58 @@ from switchboard_testkit.controlplane import ControlPlane, State, log_tails, sto
 from switchboard_testkit.localnode import NODE_NAME
 
 
-class Cluster:
+class ClusterClients:
+    """kubectl, the Python client and log tails of a cluster: the local and the real node's."""
+
+    workdir: Path
+    binaries: Binaries
+
+    @property
+    def kubeconfig(self) -> Path:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def api_client(self) -> client.ApiClient:
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=cfg)
+        return client.ApiClient(cfg)
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.binaries.kubectl), *args], env=self.env(), text=True,
+                              capture_output=True, check=check, input=input, timeout=timeout)
+
+    def log_tails(self, lines: int = 40) -> str:
+        return log_tails(self.workdir, lines)
+
+
+class Startable(Protocol):
+    def start(self) -> object: ...
+    def stop(self) -> None: ...
+    def log_tails(self, lines: int = 40) -> str: ...
+
+
+C = TypeVar("C", bound=Startable)
+
+
+@contextlib.contextmanager
+def running(cluster: C) -> Iterator[C]:
+    """Start, yield, stop; on a failed start print every component's last log lines."""
+    try:
+        cluster.start()
+    except Exception:
+        print(cluster.log_tails())
+        cluster.stop()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+class Cluster(ClusterClients):
     def __init__(self, workdir: Path, binaries: Binaries | None = None,
                  crashloop_base: float = 10.0) -> None:
         self.workdir = workdir.resolve()
@@ -55,20 +109,6 @@ class Cluster:
     def attach(self, state: State) -> None:
         """Use a cluster an earlier process started (the demo run twice)."""
         self.plane.state = state
-
-    def api_client(self) -> client.ApiClient:
-        cfg = client.Configuration()
-        config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=cfg)
-        return client.ApiClient(cfg)
-
-    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
-                timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.binaries.kubectl), *args], env=self.env(), text=True,
-                              capture_output=True, check=check, input=input, timeout=timeout)
-
-    def log_tails(self, lines: int = 40) -> str:
-        return log_tails(self.workdir, lines)
-
 
 def _node_ready(core: client.CoreV1Api) -> bool:
     node = core.read_node(NODE_NAME)

@@ -25,15 +25,15 @@ import time
 from pathlib import Path
 
 import yaml
-from kubernetes import client, config
+from kubernetes import client
 
 from switchboard_testkit import certs, netns
 from switchboard_testkit.binaries import REPO, Binaries, NodeBinaries
+from switchboard_testkit.cluster import ClusterClients
 from switchboard_testkit.controlplane import (
     ControlPlane,
     NodePlacement,
     State,
-    log_tails,
     pid_alive,
     stop_all,
     wait_for,
@@ -61,7 +61,7 @@ def build_images() -> dict[str, tuple[str, Path]]:
     return images
 
 
-class RealNodeCluster:
+class RealNodeCluster(ClusterClients):
     """The same surface as cluster.Cluster (kubeconfig, env, kubectl, api_client, stop)."""
 
     def __init__(self, workdir: Path, binaries: Binaries | None = None) -> None:
@@ -242,21 +242,6 @@ class RealNodeCluster:
         self.kubectl("apply", "--server-side", "-f", "-", input=manifests)
         self.kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns",
                      f"--timeout={int(timeout)}s", timeout=timeout + 10)
-
-    # -- clients -----------------------------------------------------------------------------
-
-    def api_client(self) -> client.ApiClient:
-        cfg = client.Configuration()
-        config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=cfg)
-        return client.ApiClient(cfg)
-
-    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
-                timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.binaries.kubectl), *args], env=self.env(), text=True,
-                              capture_output=True, check=check, input=input, timeout=timeout)
-
-    def log_tails(self, lines: int = 40) -> str:
-        return log_tails(self.workdir, lines)
 
     def memory_mib(self) -> dict[str, float]:
         return self.plane.memory_mib()
