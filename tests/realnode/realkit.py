@@ -16,6 +16,7 @@ from switchboard_testkit.net import free_port
 from switchboard_testkit.realnode import RealNodeCluster
 
 SYSTEM = "switchboard-system"
+TOKEN = "424242:real-node-test-token"
 
 
 class Fake:
@@ -66,3 +67,15 @@ def wait_status(real: RealNodeCluster, ns: str, name: str, done: Callable[[dict[
         raise TimeoutError(f"{exc}; last status after {time.monotonic() - deadline + timeout:.0f}"
                            f"s: {json.dumps(seen)}") from None
     return seen
+
+
+def telegram_connection(real: RealNodeCluster, ns: str, fake: Fake, backend_spec: dict[str, Any],
+                        **spec: Any) -> None:
+    real.kubectl("-n", ns, "create", "secret", "generic", "bot", f"--from-literal=token={TOKEN}")
+    real.kubectl("-n", ns, "label", "secret", "bot", "switchboard.dev/credentials=true")
+    pc = {"apiVersion": "switchboard.dev/v1alpha1", "kind": "PlatformConnection",
+          "metadata": {"name": "bot", "namespace": ns},
+          "spec": {"platform": "telegram", "apiBaseURL": f"{fake.base}/bot",
+                   "telegram": {"tokenSecretRef": {"name": "bot"}, **spec.pop("telegram", {})},
+                   "backend": backend_spec, **spec}}
+    real.kubectl("apply", "-f", "-", input=json.dumps(pc))

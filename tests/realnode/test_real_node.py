@@ -13,13 +13,11 @@ import subprocess
 import urllib.request
 from typing import Any
 
-from realkit import SYSTEM, Fake, wait_status
+from realkit import SYSTEM, TOKEN, telegram_connection, wait_status
 
 from switchboard_testkit import netns
 from switchboard_testkit.controlplane import wait_for
 from switchboard_testkit.realnode import RealNodeCluster
-
-TOKEN = "424242:real-node-test-token"
 
 
 def pods(real: RealNodeCluster, ns: str, selector: str) -> list[dict[str, Any]]:
@@ -120,18 +118,6 @@ def backend(real: RealNodeCluster, ns: str) -> str:
     real.kubectl("-n", ns, "rollout", "status", "deployment/echo-backend", "--timeout=120s",
                  timeout=130)
     return f"http://echo-backend.{ns}.svc.cluster.local/relay"
-
-
-def telegram_connection(real: RealNodeCluster, ns: str, fake: Fake, backend_spec: dict[str, Any],
-                        **spec: Any) -> None:
-    real.kubectl("-n", ns, "create", "secret", "generic", "bot", f"--from-literal=token={TOKEN}")
-    real.kubectl("-n", ns, "label", "secret", "bot", "switchboard.dev/credentials=true")
-    pc = {"apiVersion": "switchboard.dev/v1alpha1", "kind": "PlatformConnection",
-          "metadata": {"name": "bot", "namespace": ns},
-          "spec": {"platform": "telegram", "apiBaseURL": f"{fake.base}/bot",
-                   "telegram": {"tokenSecretRef": {"name": "bot"}, **spec.pop("telegram", {})},
-                   "backend": backend_spec, **spec}}
-    real.kubectl("apply", "-f", "-", input=json.dumps(pc))
 
 
 def test_gateway_reaches_its_backend_by_service_dns_name(real: RealNodeCluster, chart: str,
