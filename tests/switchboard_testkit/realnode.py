@@ -248,8 +248,9 @@ class RealNodeCluster(ClusterClients):
 
 
 def _hierarchies() -> list[Path]:
-    return [p for p in sorted(CGROUP_FS.iterdir())
-            if p.is_dir() and not p.is_symlink() and p.name != "unified"]
+    """Every cgroup hierarchy, the v2 `unified` one included: the kubelet makes its cgroupRoot
+    there as well, and stop() must remove it there too."""
+    return [p for p in sorted(CGROUP_FS.iterdir()) if p.is_dir() and not p.is_symlink()]
 
 
 def _cni_config(work: Path) -> dict[str, object]:
