@@ -39,6 +39,8 @@ class Field(StrEnum):
     QQ_SESSION = "qqSession"
     DEAD_LETTERS = "deadLetters"
     LAST_ACTIVITY = "lastActivity"
+    # Webhook delivery: the platform's own view of the webhook (Telegram's getWebhookInfo).
+    WEBHOOK = "webhook"
 
     CONDITIONS = "conditions"
     OBSERVED_GENERATION = "observedGeneration"
@@ -59,8 +61,34 @@ class Field(StrEnum):
 GATEWAY_FIELDS: tuple[Field, ...] = (
     Field.STATE, Field.ATTEMPT, Field.MAX_ATTEMPTS, Field.ATTEMPTS, Field.LAST_ERROR,
     Field.STATE_SINCE, Field.GATEWAY_POD, Field.GATEWAY_POD_UID, Field.QQ_SESSION,
-    Field.DEAD_LETTERS, Field.LAST_ACTIVITY)
+    Field.DEAD_LETTERS, Field.LAST_ACTIVITY, Field.WEBHOOK)
 OPERATOR_FIELDS: tuple[Field, ...] = tuple(f for f in Field if f not in GATEWAY_FIELDS)
+
+
+class Delivery(StrEnum):
+    """spec.delivery.mode: how the platform hands the gateway its messages."""
+
+    POLLING = "polling"  # the gateway asks (Telegram getUpdates, the QQ websocket)
+    WEBHOOK = "webhook"  # the platform posts to a public URL routed to the gateway's Service
+
+
+class WebhookField(StrEnum):
+    """Keys of status.webhook (gateway-owned), from the platform's own view."""
+
+    URL = "url"  # the URL the platform posts to now ("" while none is set)
+    PENDING = "pendingUpdateCount"  # updates the platform holds, not yet delivered
+    LAST_ERROR_TIME = "lastErrorTime"  # RFC 3339, the platform's last failed delivery
+    LAST_ERROR_MESSAGE = "lastErrorMessage"  # what the platform said about it
+    REFUSED = "refusedRequests"  # requests to the webhook refused as forged (this pod)
+
+
+class WebhookRefusal(StrEnum):
+    """Why the gateway refused a request to its webhook (a metric label; never the value)."""
+
+    SECRET_TOKEN = "secret_token"  # Telegram: X-Telegram-Bot-Api-Secret-Token missing/wrong
+    SIGNATURE = "signature"  # QQ: X-Signature-Ed25519 missing or wrong
+    STALE = "stale_timestamp"  # QQ: X-Signature-Timestamp too old or in the future
+    MALFORMED = "malformed"  # not a JSON update
 
 
 class DeadLetterReason(StrEnum):
@@ -90,6 +118,10 @@ class ErrorCode(StrEnum):
     TELEGRAM_POLLING_CONFLICT = "telegram_polling_conflict"
     TELEGRAM_RATE_LIMITED = "telegram_rate_limited"
     TELEGRAM_SEND_FAILED = "telegram_send_failed"
+    # Webhook delivery: Telegram reports failed deliveries to our URL (it retries them).
+    TELEGRAM_WEBHOOK_FAILING = "telegram_webhook_failing"
+    # setWebhook refused the URL (not https, a port Telegram does not post to, ...).
+    TELEGRAM_WEBHOOK_REFUSED = "telegram_webhook_refused"
 
     # QQ Bot.
     QQ_RECONNECT_EXHAUSTED = "qq_reconnect_exhausted"

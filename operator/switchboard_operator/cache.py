@@ -127,7 +127,8 @@ class Cache:
         return None
 
     def child(self, kind: str, event: str | None, obj: Mapping[str, Any]) -> Key | None:
-        """A ServiceAccount, Role or RoleBinding of a gateway was listed, changed or deleted.
+        """A ServiceAccount, Role, RoleBinding, Lease, Service or Ingress of a gateway was
+        listed, changed or deleted.
 
         Only a deletion or a change of what the operator owns (children.view) matters, so our
         own applies (observed from their results first) and unrelated updates cost nothing.
@@ -156,6 +157,11 @@ class Cache:
         current = children.view_hash(kind, obj)
         seen[kind] = (resource_version(obj), current, str(meta.get("uid") or ""))
         return key if old is None or old[1] != current else None
+
+    def forget_child(self, key: Key, kind: str) -> None:
+        """The operator deleted that child itself (its watch event follows, or not)."""
+        seen = self.aux.get(key) or {}
+        seen.pop(kind, None)
 
     def secret(self, kind: str | None, obj: Mapping[str, Any]) -> set[Key]:
         """The connections that use the Secret, if what they use of it changed."""

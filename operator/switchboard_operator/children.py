@@ -1,7 +1,8 @@
 """Pure builders of a PlatformConnection's children: ServiceAccount, Role, RoleBinding, the
-poller Lease, Deployment.
+poller Lease, Deployment; and, for webhook delivery, the Service and Ingress of
+webhook_children.py.
 
-All five carry an owner reference (controller=true) to the PlatformConnection, so deleting it
+All of them carry an owner reference (controller=true) to the PlatformConnection, so deleting it
 lets the garbage collector remove them; the operator needs no finalizer. The gateway pod contract
 (env, ports, probes) is docs/design.md.
 """
@@ -14,7 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from switchboard_operator import __version__
+from switchboard_operator import __version__, webhook_children
 from switchboard_operator.secrets import SecretRef
 
 API_VERSION = "switchboard.dev/v1alpha1"
@@ -49,6 +50,7 @@ ANN_SA_UID = "switchboard.dev/serviceaccount-uid"
 ANN_APPLIED_HASH = "switchboard.dev/applied-hash"
 
 RESERVED_ENV_PREFIX = "SWITCHBOARD_"
+DEFAULT_DELIVERY = {"mode": "polling"}  # the CRD's default of spec.delivery
 
 
 CHILD_SUFFIX = "-gateway"
@@ -80,8 +82,11 @@ def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def spec_hash(spec: Mapping[str, Any]) -> str:
-    """Hash of the spec minus suspend (suspend only scales; it must not count as a change)."""
-    relevant = {k: v for k, v in spec.items() if k != "suspend"}
+    """Hash of the spec minus suspend (suspend only scales; it must not count as a change) and
+    minus a default delivery (the CRD's default appears on every connection stored before
+    spec.delivery existed: it must not roll their gateways on upgrade)."""
+    relevant = {k: v for k, v in spec.items()
+                if k != "suspend" and not (k == "delivery" and v == DEFAULT_DELIVERY)}
     return _hash(relevant)
 
 
@@ -89,14 +94,14 @@ def _hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _meta(body: Mapping[str, Any]) -> dict[str, Any]:
+def child_meta(body: Mapping[str, Any]) -> dict[str, Any]:
     name = body["metadata"]["name"]
     return {"name": child_name(name), "namespace": body["metadata"]["namespace"],
             "labels": labels(name), "ownerReferences": [owner_reference(body)]}
 
 
 def service_account(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(body)}
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": child_meta(body)}
 
 
 def role(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,7 +112,7 @@ def role(body: Mapping[str, Any]) -> dict[str, Any]:
     """
     name = body["metadata"]["name"]
     return {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(body),
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": child_meta(body),
         "rules": [
             {"apiGroups": ["switchboard.dev"], "resources": ["platformconnections"],
              "resourceNames": [name], "verbs": ["get"]},
@@ -124,11 +129,11 @@ def poller_lease(body: Mapping[str, Any]) -> dict[str, Any]:
     """The Lease a gateway pod must hold to reach the platform (one poller per token). The
     operator creates it, metadata only (the gateway's Role cannot create: RBAC cannot limit
     create to a name); its spec belongs to the gateways, so server-side apply leaves it."""
-    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": _meta(body)}
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": child_meta(body)}
 
 
 def role_binding(body: Mapping[str, Any]) -> dict[str, Any]:
-    meta = _meta(body)
+    meta = child_meta(body)
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
@@ -180,6 +185,7 @@ def gateway_env(body: Mapping[str, Any], ref: SecretRef | None) -> list[dict[str
          "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "SWITCHBOARD_POLLER_LEASE", "value": child_name(meta["name"])},
     ]
+    env += webhook_children.env(body)
     # The user's extra env cannot override the contract (names are unique in the list).
     ours = {e["name"] for e in env}
     extra = (spec.get("gateway") or {}).get("env") or []
@@ -192,7 +198,7 @@ def deployment(body: Mapping[str, Any], ref: SecretRef | None, *, replicas: int,
     name = body["metadata"]["name"]
     spec = body["spec"]
     gw = spec.get("gateway") or {}
-    meta = _meta(body)
+    meta = child_meta(body)
     selector = pod_selector(name)
     container: dict[str, Any] = {
         "name": "gateway",
@@ -214,6 +220,10 @@ def deployment(body: Mapping[str, Any], ref: SecretRef | None, *, replicas: int,
         # The root filesystem is read-only; Python and libraries may want a scratch /tmp.
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    if webhook_children.settings(spec) is not None:
+        container["ports"].append({"name": webhook_children.PORT_NAME,
+                                   "containerPort": webhook_children.CONTAINER_PORT,
+                                   "protocol": "TCP"})
     if gw.get("imagePullPolicy"):
         container["imagePullPolicy"] = gw["imagePullPolicy"]
     # The user's resources replace the default as a whole (a request above the default limit
@@ -257,7 +267,9 @@ def deployment(body: Mapping[str, Any], ref: SecretRef | None, *, replicas: int,
 # annotation; these four by their content (view() below), because a person may delete or edit
 # them by hand and nothing else would notice (a missing ServiceAccount only shows when the next
 # pod fails to start; a widened Role never shows).
-AUX_KINDS = ("ServiceAccount", "Role", "RoleBinding", "Lease")
+AUX_KINDS = ("ServiceAccount", "Role", "RoleBinding", "Lease", "Service", "Ingress")
+# Children only a webhook connection has: removed when it goes back to polling.
+WEBHOOK_KINDS = ("Service", "Ingress")
 _LABEL_KEYS = tuple(labels("x"))
 
 
@@ -284,6 +296,14 @@ def view(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         out["roleRef"] = obj.get("roleRef")
         out["subjects"] = [{k: v for k, v in subject.items() if v}
                            for subject in obj.get("subjects") or []]
+    elif kind == "Service":  # what we set; the apiserver adds clusterIP, families, ...
+        spec = obj.get("spec") or {}
+        out["spec"] = {"type": spec.get("type"), "selector": spec.get("selector"),
+                       "ports": [{k: port.get(k) for k in ("name", "port", "targetPort",
+                                                           "protocol")}
+                                 for port in spec.get("ports") or []]}
+    elif kind == "Ingress":
+        out["spec"] = obj.get("spec")
     return out
 
 
@@ -296,6 +316,7 @@ def build(body: Mapping[str, Any], ref: SecretRef | None, *, replicas: int,
           secret_hash: str, sa_uid: str = "") -> list[dict[str, Any]]:
     """All children, in apply order (the Deployment last, stamped with the hash of all)."""
     objs = [service_account(body), role(body), role_binding(body), poller_lease(body),
+            *webhook_children.build(body),
             deployment(body, ref, replicas=replicas, secret_hash=secret_hash, sa_uid=sa_uid)]
     objs[-1]["metadata"]["annotations"] = {ANN_APPLIED_HASH: _hash(objs)}
     return objs

@@ -125,6 +125,14 @@ class ChildrenReconciler:
             drift = self.cache.aux_drift(key, views)
             todo = [o for o in objs[:-1] if o["kind"] in drift]
         todo = [o for o in todo if o["kind"] not in applied]
+        # A connection back on polling: its webhook Service and Ingress go (the Deployment,
+        # applied below, stops serving the webhook; its next pod deletes it at Telegram).
+        stale = [kind for kind in children.WEBHOOK_KINDS
+                 if kind not in views and kind in (self.cache.aux.get(key) or {})]
+        for kind in stale:
+            await self.kube.delete(kind, ns, children.child_name(name))
+            self.cache.forget_child(key, kind)
+            log.info("%s/%s: deleted its webhook %s (back to polling)", ns, name, kind)
         for obj in todo:
             result = await self.kube.apply_or_recreate(obj)
             if obj["kind"] == "Deployment":

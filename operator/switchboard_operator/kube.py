@@ -42,7 +42,14 @@ _PATHS = {
     ("apps/v1", "Deployment"): "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
     ("coordination.k8s.io/v1", "Lease"):
         "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+    ("v1", "Service"): "/api/v1/namespaces/{ns}/services/{name}",
+    ("v1", "Secret"): "/api/v1/namespaces/{ns}/secrets/{name}",
+    ("networking.k8s.io/v1", "Ingress"):
+        "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses/{name}",
 }
+# kind -> apiVersion of the children the operator may delete (webhook ones going back to
+# polling).
+API_VERSIONS = {kind: api for api, kind in _PATHS}
 
 
 # Longest any request but a watch may take (seconds).
@@ -249,6 +256,24 @@ class Kube:
                 "DELETE", object_path(manifest["apiVersion"], manifest["kind"],
                                       meta["namespace"], meta["name"]), ok=(200, 202, 404))
             return await self.apply(manifest)
+
+    async def create(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+        """POST one namespaced object; None when one of that name exists already (409)."""
+        meta = manifest["metadata"]
+        path = object_path(manifest["apiVersion"], manifest["kind"], meta["namespace"],
+                           meta["name"]).rsplit("/", 1)[0]
+        try:
+            return await self.request("POST", path, query={"fieldManager": FIELD_MANAGER},
+                                      body=manifest)
+        except ApiError as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete one child (absent already is fine)."""
+        await self.request("DELETE", object_path(API_VERSIONS[kind], kind, namespace, name),
+                           ok=(200, 202, 404))
 
     async def scale(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
         """Set a Deployment's replicas without applying its spec (merge patch)."""

@@ -63,9 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    metavar="JSON",
                    help="the cluster admin's policy for PlatformConnections, as JSON (keys: "
                         "apiHosts, insecureAPIHosts, images, allowEnvValueFrom, "
-                        "allowTolerations, allowNodeSelector; default: only the official "
-                        "API hosts over https, only the operator's gateway image, no valueFrom, "
-                        "tolerations or nodeSelector; env SWITCHBOARD_POLICY)")
+                        "allowTolerations, allowNodeSelector, webhookHosts, "
+                        "insecureWebhookHosts, allowIngress, ingressAnnotations; default: only "
+                        "the official API hosts over https, only the operator's gateway image, "
+                        "no valueFrom, tolerations or nodeSelector, webhooks to any host over "
+                        "https, Ingresses with cert-manager.io/* annotations only; env "
+                        "SWITCHBOARD_POLICY)")
     p.add_argument("--unavailable-grace", type=float, default=UNAVAILABLE_GRACE,
                    metavar="SECONDS",
                    help="how long a gateway's 'connected' report is trusted while its "

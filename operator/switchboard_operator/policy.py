@@ -11,6 +11,13 @@ the same thing; tests/chart compares both on the same specs.
 - ``spec.gateway.image``: unset (the operator's own gateway image), that image, or listed
   (an entry ending in ``*`` is a prefix).
 - ``spec.gateway.env[].valueFrom``, ``tolerations``, ``nodeSelector``: off unless allowed.
+- ``spec.delivery.webhook.url``: its host must match ``webhookHosts`` (``*`` any host, the
+  default; ``*.example.com`` its subdomains; otherwise exact), https only unless the host is
+  listed in ``insecureWebhookHosts``. The platform posts every message to this URL.
+- ``spec.delivery.webhook.ingress``: allowed unless ``allowIngress`` is false; its annotation
+  keys must match ``ingressAnnotations`` (an entry ending in ``*`` is a prefix; default
+  ``cert-manager.io/*`` only): controllers' annotations can carry configuration (ingress-nginx
+  snippets), which would let a namespace user configure the cluster's ingress controller.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ OFFICIAL_API_HOSTS = ("api.telegram.org", "api.sgroup.qq.com", "sandbox.api.sgro
 # JSON keys of --policy (the chart's values.policy) -> field names.
 _KEYS = {"apiHosts": "api_hosts", "insecureAPIHosts": "insecure_api_hosts",
          "images": "images", "allowEnvValueFrom": "env_value_from",
-         "allowTolerations": "tolerations", "allowNodeSelector": "node_selector"}
+         "allowTolerations": "tolerations", "allowNodeSelector": "node_selector",
+         "webhookHosts": "webhook_hosts", "insecureWebhookHosts": "insecure_webhook_hosts",
+         "allowIngress": "ingress", "ingressAnnotations": "ingress_annotations"}
 
 
 class PolicyError(ValueError):
@@ -44,6 +53,10 @@ class Policy:
     env_value_from: bool = False
     tolerations: bool = False
     node_selector: bool = False
+    webhook_hosts: tuple[str, ...] = ("*",)
+    insecure_webhook_hosts: tuple[str, ...] = ()
+    ingress: bool = True
+    ingress_annotations: tuple[str, ...] = ("cert-manager.io/*",)
 
     @classmethod
     def from_json(cls, text: str) -> Policy:
@@ -72,9 +85,45 @@ class Policy:
 
 
 def _image_allowed(image: str, own: str, allowed: Sequence[str]) -> bool:
-    if image == own:
-        return True
-    return any(image.startswith(p[:-1]) if p.endswith("*") else image == p for p in allowed)
+    return image == own or _prefix_matches(image, allowed)
+
+
+def _host_matches(host: str, patterns: Sequence[str]) -> bool:
+    return any(p == "*" or (p.startswith("*.") and host.endswith(p[1:])) or host == p.lower()
+               for p in patterns)
+
+
+def _prefix_matches(value: str, patterns: Sequence[str]) -> bool:
+    return any(value.startswith(p[:-1]) if p.endswith("*") else value == p for p in patterns)
+
+
+def _webhook_violations(spec: Mapping[str, Any], policy: Policy) -> list[str]:
+    webhook = (spec.get("delivery") or {}).get("webhook") or {}
+    if not webhook.get("url"):
+        return []
+    out: list[str] = []
+    parts = urlsplit(webhook["url"])
+    host = (parts.hostname or "").lower()
+    if not _host_matches(host, policy.webhook_hosts) \
+            and not _host_matches(host, policy.insecure_webhook_hosts):
+        out.append(f"spec.delivery.webhook.url host {host!r} is not allowed by the cluster's "
+                   f"policy (allowed: {', '.join(policy.webhook_hosts) or 'none'})")
+    elif parts.scheme != "https" and not _host_matches(host, policy.insecure_webhook_hosts):
+        out.append(f"spec.delivery.webhook.url must use https for host {host!r} (the "
+                   f"cluster's policy allows http only for: "
+                   f"{', '.join(policy.insecure_webhook_hosts) or 'no host'})")
+    ingress = webhook.get("ingress")
+    if ingress is not None and not policy.ingress:
+        out.append("spec.delivery.webhook.ingress is not allowed by the cluster's policy "
+                   "(route to the gateway's Service yourself)")
+    elif ingress is not None:
+        refused = sorted(k for k in ingress.get("annotations") or {}
+                         if not _prefix_matches(k, policy.ingress_annotations))
+        if refused:
+            out.append(f"spec.delivery.webhook.ingress.annotations {', '.join(refused)} "
+                       f"not allowed by the cluster's policy (allowed: "
+                       f"{', '.join(policy.ingress_annotations) or 'none'})")
+    return out
 
 
 def violations(spec: Mapping[str, Any], policy: Policy, own_image: str) -> list[str]:
@@ -104,4 +153,5 @@ def violations(spec: Mapping[str, Any], policy: Policy, own_image: str) -> list[
         out.append("spec.gateway.tolerations is not allowed by the cluster's policy")
     if not policy.node_selector and gateway.get("nodeSelector"):
         out.append("spec.gateway.nodeSelector is not allowed by the cluster's policy")
+    out += _webhook_violations(spec, policy)
     return out

@@ -29,6 +29,7 @@ from switchboard_operator import children, metrics, pod_problems
 from switchboard_operator import policy as pol
 from switchboard_operator import secrets as sec
 from switchboard_operator import status as st
+from switchboard_operator import webhook_children as wh
 from switchboard_operator.cache import Cache, resource_version
 from switchboard_operator.children_reconciler import ChildrenReconciler
 from switchboard_operator.circuit import Event, parse_time
@@ -230,6 +231,7 @@ class Controller:
         ns, name = key
         body = await self._remove_foreign_fields(key, body)
         await self._look_at_unwatched_secret(ns, body)
+        await self._ensure_webhook_token(key, body)
         plan, ref, missing, refused, secret_hash, applied_hash = self._decide(key, body,
                                                                              self.clock())
         restarted = plan.restart_due is not None
@@ -330,6 +332,22 @@ class Controller:
         else:
             self.cache.unlabelled.discard((ns, ref.name))
 
+    async def _ensure_webhook_token(self, key: Key, body: Mapping[str, Any]) -> None:
+        """A webhook connection's secret token: generated once, in a Secret the operator
+        creates and owns (webhook_children.py). Never applied again: that would replace it."""
+        assert self.kube is not None
+        if wh.settings(body.get("spec") or {}) is None:
+            return
+        name = wh.secret_name(key[1])
+        if self.cache.secrets.get(key[0], name) is not None:
+            return
+        created = await self.kube.create(wh.token_secret(body, wh.new_token()))
+        if created is None:  # exists, yet not in the watch: it lacks the credentials label
+            self.cache.unlabelled.add((key[0], name))
+            return
+        self.cache.secret("ADDED", created)
+        log.info("%s/%s: created Secret %s with the webhook's secret token", *key, name)
+
     def _decide(self, key: Key, body: Mapping[str, Any], now: datetime
                 ) -> tuple[Plan, sec.SecretRef | None, str | None, str | None, str, str]:
         """decide() on the cached state; also what the children and status need: the Secret
@@ -337,11 +355,16 @@ class Controller:
         ns = key[0]
         spec = body.get("spec") or {}
         ref = sec.reference(spec)
-        self.cache.secrets.refer(key, ref)
-        cached = self.cache.secrets.get(ns, ref.name) if ref else None
-        unlabelled = ref is not None and (ns, ref.name) in self.cache.unlabelled
-        missing = sec.missing(ref, cached, unlabelled=unlabelled)
-        secret_hash = "" if missing else sec.referenced_hash(ref, cached)
+        used = [r for r in (ref, wh.token_ref(key[1]) if wh.settings(spec) else None) if r]
+        self.cache.secrets.refer(key, *(r.name for r in used))
+        if ref is None:
+            missing = sec.missing(None, None)
+        else:
+            missing = "; ".join(m for r in used if (m := sec.missing(
+                r, self.cache.secrets.get(ns, r.name),
+                unlabelled=(ns, r.name) in self.cache.unlabelled))) or None
+        secret_hash = "" if missing else ":".join(
+            sec.referenced_hash(r, self.cache.secrets.get(ns, r.name)) for r in used)
         applied_hash = f"{children.spec_hash(spec)}:{secret_hash}"
         previous_hash = (body.get("status") or {}).get("appliedHash")
         rolled = bool(previous_hash) and previous_hash != applied_hash

@@ -95,7 +95,8 @@ class SecretCache:
     def __init__(self) -> None:
         self.digests: dict[Key, dict[str, str]] = {}
         self.referrers: dict[Key, set[Key]] = {}
-        self.uses: dict[Key, Key] = {}  # connection -> the Secret it references
+        # connection -> the Secrets it uses (its credentials, its webhook's secret token)
+        self.uses: dict[Key, tuple[Key, ...]] = {}
 
     def store(self, namespace: str, name: str, secret: Mapping[str, Any]) -> bool:
         """Remember a Secret; True when its digests changed."""
@@ -110,17 +111,17 @@ class SecretCache:
     def get(self, namespace: str, name: str) -> dict[str, str] | None:
         return self.digests.get((namespace, name))
 
-    def refer(self, connection: Key, ref: SecretRef | None) -> None:
-        """Record that ``connection`` uses ``ref`` (and no other Secret)."""
+    def refer(self, connection: Key, *names: str) -> None:
+        """Record that ``connection`` uses the Secrets ``names`` (and no other)."""
         self.unrefer(connection)
-        if ref is not None:
-            secret = (connection[0], ref.name)
+        secrets = tuple((connection[0], name) for name in names)
+        for secret in secrets:
             self.referrers.setdefault(secret, set()).add(connection)
-            self.uses[connection] = secret
+        if secrets:
+            self.uses[connection] = secrets
 
     def unrefer(self, connection: Key) -> None:
-        secret = self.uses.pop(connection, None)
-        if secret is not None:
+        for secret in self.uses.pop(connection, ()):
             users = self.referrers.get(secret, set())
             users.discard(connection)
             if not users:

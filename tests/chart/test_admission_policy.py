@@ -18,8 +18,17 @@ from switchboard_testkit.controlplane import wait_for
 
 OWN = "ghcr.io/switchboard-dev/switchboard:0.1.0"  # the chart's default image
 VALUES = ("--set", "policy.insecureAPIHosts={127.0.0.1}",
-          "--set", "policy.images={registry.example/bots/*}")
-SAME = Policy(insecure_api_hosts=("127.0.0.1",), images=("registry.example/bots/*",))
+          "--set", "policy.images={registry.example/bots/*}",
+          "--set", "policy.webhookHosts={*.bots.example,hooks.example}",
+          "--set", "policy.insecureWebhookHosts={plain.example}")
+SAME = Policy(insecure_api_hosts=("127.0.0.1",), images=("registry.example/bots/*",),
+              webhook_hosts=("*.bots.example", "hooks.example"),
+              insecure_webhook_hosts=("plain.example",))
+
+
+def webhook(url: str, **extra: Any) -> dict[str, Any]:
+    return {"delivery": {"mode": "webhook", "webhook": {"url": url, **extra}}}
+
 
 CASES: list[dict[str, Any]] = [
     {},
@@ -38,6 +47,18 @@ CASES: list[dict[str, Any]] = [
                                                                        "key": "password"}}}]}},
     {"gateway": {"tolerations": [{"operator": "Exists"}]}},
     {"gateway": {"nodeSelector": {"kubernetes.io/hostname": "control-plane"}}},
+    webhook("https://tg.bots.example/hook"),
+    webhook("https://TG.Bots.Example:8443/hook"),
+    webhook("https://bots.example.evil/hook"),
+    webhook("https://bots.example/hook"),  # *.bots.example is its subdomains only
+    webhook("https://hooks.example/tg/one"),
+    webhook("http://hooks.example/tg/one"),
+    webhook("http://plain.example/tg"),
+    webhook("https://attacker.example/tg"),
+    webhook("https://hooks.example/tg", ingress={
+        "className": "nginx", "annotations": {"cert-manager.io/cluster-issuer": "le"}}),
+    webhook("https://hooks.example/tg", ingress={"annotations": {
+        "nginx.ingress.kubernetes.io/configuration-snippet": "more_set_headers x"}}),
 ]
 
 

@@ -16,6 +16,13 @@ def spec(**fields: Any) -> dict[str, Any]:
     return {"platform": "telegram", **fields}
 
 
+def hook(url: str, **webhook: Any) -> dict[str, Any]:
+    return spec(delivery={"mode": "webhook", "webhook": {"url": url, **webhook}})
+
+
+NGINX_SNIPPET = {"nginx.ingress.kubernetes.io/server-snippet": "location / { return 200; }"}
+
+
 @pytest.mark.parametrize(("policy", "given", "refused"), [
     (Policy(), spec(), None),
     (Policy(), spec(apiBaseURL="https://api.telegram.org/bot"), None),
@@ -40,6 +47,19 @@ def spec(**fields: Any) -> dict[str, Any]:
     (Policy(tolerations=True), spec(gateway={"tolerations": [{"operator": "Exists"}]}), None),
     (Policy(), spec(gateway={"nodeSelector": {"a": "b"}}), "nodeSelector"),
     (Policy(node_selector=True), spec(gateway={"nodeSelector": {"a": "b"}}), None),
+    (Policy(), hook("https://bots.example.com/tg"), None),
+    (Policy(), hook("http://bots.example.com/tg"), "https"),
+    (Policy(webhook_hosts=("*.example.com",)), hook("https://a.b.example.com/tg"), None),
+    (Policy(webhook_hosts=("*.example.com",)), hook("https://example.com.evil/tg"), "host"),
+    (Policy(webhook_hosts=("hooks.example",)), hook("https://HOOKS.example/tg"), None),
+    (Policy(webhook_hosts=()), hook("https://hooks.example/tg"), "host"),
+    (Policy(insecure_webhook_hosts=("plain.example",)), hook("http://plain.example/tg"),
+     None),
+    (Policy(), hook("https://h.example/tg", ingress={
+        "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"}}), None),
+    (Policy(), hook("https://h.example/tg", ingress={"annotations": NGINX_SNIPPET}),
+     "annotations"),
+    (Policy(ingress=False), hook("https://h.example/tg", ingress={}), "ingress"),
 ])
 def test_violations(policy: Policy, given: dict[str, Any], refused: str | None) -> None:
     found = violations(given, policy, OWN)
