@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from switchboard_contract import Delivery
 from switchboard_contract.backoff import doubling
 from switchboard_gateway import redact
 
 PLATFORMS = ("telegram", "qqbot")
+# Telegram's alphabet for setWebhook's secret_token.
+SECRET_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 class ConfigError(ValueError):
@@ -139,6 +143,14 @@ class GatewayConfig:
     poller_lease: str | None = None
     poller_lease_timing: LeaseTiming = field(default_factory=LeaseTiming)
     log_level: str = "INFO"
+    # Webhook delivery (spec.delivery): the platform posts to webhook_url, routed to
+    # webhook_port; getWebhookInfo every webhook_info_interval says whether that works.
+    delivery: str = Delivery.POLLING
+    webhook_url: str | None = None
+    webhook_port: int = 8443
+    webhook_max_connections: int = 40
+    webhook_secret_token: Secret | None = None
+    webhook_info_interval: float = 30.0
 
     @property
     def connection_ref(self) -> str:
@@ -230,6 +242,27 @@ class GatewayConfig:
                 except ValueError:
                     errors.append("SWITCHBOARD_QQ_INTENTS must be an integer")
 
+        delivery = get("SWITCHBOARD_DELIVERY", Delivery.POLLING) or Delivery.POLLING
+        webhook_url: str | None = None
+        webhook_token: Secret | None = None
+        if delivery not in tuple(Delivery):
+            errors.append(f"SWITCHBOARD_DELIVERY must be one of {', '.join(Delivery)}, "
+                          f"got {delivery!r}")
+        elif delivery == Delivery.WEBHOOK:
+            if platform == "qqbot":
+                errors.append("SWITCHBOARD_DELIVERY=webhook is not available for qqbot yet")
+            webhook_url = need("SWITCHBOARD_WEBHOOK_URL")
+            if webhook_url and not _is_http_url(webhook_url):
+                errors.append("SWITCHBOARD_WEBHOOK_URL must be an absolute http(s) URL")
+            token = need("SWITCHBOARD_WEBHOOK_SECRET_TOKEN")
+            if token and not SECRET_TOKEN_SHAPE.fullmatch(token):
+                errors.append("SWITCHBOARD_WEBHOOK_SECRET_TOKEN must be 1-256 characters of "
+                              "A-Z, a-z, 0-9, _ and -")
+            webhook_token = Secret(token) if token else None
+        max_connections = number("SWITCHBOARD_WEBHOOK_MAX_CONNECTIONS", 40, minimum=1)
+        if max_connections != int(max_connections) or max_connections > 100:
+            errors.append("SWITCHBOARD_WEBHOOK_MAX_CONNECTIONS must be a whole number 1-100")
+
         default_timing = LeaseTiming()
         lease_seconds = number("SWITCHBOARD_POLLER_LEASE_SECONDS", default_timing.seconds,
                                minimum=1)
@@ -273,6 +306,13 @@ class GatewayConfig:
             poller_lease=get("SWITCHBOARD_POLLER_LEASE"),
             poller_lease_timing=timing,
             log_level=(get("SWITCHBOARD_LOG_LEVEL", "INFO") or "INFO").upper(),
+            delivery=delivery,
+            webhook_url=webhook_url,
+            webhook_port=port("SWITCHBOARD_WEBHOOK_PORT", 8443),
+            webhook_max_connections=int(max_connections),
+            webhook_secret_token=webhook_token,
+            webhook_info_interval=number("SWITCHBOARD_WEBHOOK_INFO_INTERVAL", 30.0,
+                                         minimum=0.1),
         )
         if config.stall_after <= config.poll_timeout + config.probe_timeout:
             errors.append("SWITCHBOARD_STALL_AFTER must be longer than SWITCHBOARD_POLL_TIMEOUT "

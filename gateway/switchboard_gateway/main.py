@@ -23,7 +23,7 @@ import signal
 import sys
 from typing import Any
 
-from switchboard_contract import ErrorCode
+from switchboard_contract import Delivery, ErrorCode
 from switchboard_gateway import metrics, poller_lease, redact
 from switchboard_gateway.adapter import (
     Adapter,
@@ -51,6 +51,10 @@ FINAL_WRITE_TIMEOUT = 5.0
 def make_adapter(config: GatewayConfig, sink: StatusSink, relay: Relay,
                  lease: PollerLease | None = None) -> Adapter:
     """Adapters are imported lazily: a Telegram gateway never loads the QQ code and vice versa."""
+    if config.platform == "telegram" and config.delivery == Delivery.WEBHOOK:
+        from switchboard_gateway.telegram_webhook import TelegramWebhookAdapter
+
+        return TelegramWebhookAdapter(config, sink, relay)
     if config.platform == "telegram":
         from switchboard_gateway.telegram import TelegramAdapter
 

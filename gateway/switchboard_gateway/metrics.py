@@ -5,7 +5,8 @@ state, an error code or a result: never a token, chat id, user id or URL.
 
 Who updates what:
 - STATE and STATUS_WRITES: the StatusReporter (status.py), on every report / API write;
-- RECONNECT_ATTEMPTS, ERRORS, MESSAGES_IN, MESSAGES_OUT, DUPLICATES, DEAD_LETTERS: the adapters;
+- RECONNECT_ATTEMPTS, ERRORS, MESSAGES_IN, MESSAGES_OUT, DUPLICATES, DEAD_LETTERS,
+  WEBHOOK_REFUSED, WEBHOOK_DELIVERIES: the adapters;
 - BACKEND_LATENCY: the relay (relay.py), per backend request.
 
 No `namespace` or `connection` label: a gateway pod serves one connection in the connection's
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from switchboard_contract import DeadLetterReason, ErrorCode
+from switchboard_contract import DeadLetterReason, ErrorCode, WebhookRefusal
 from switchboard_gateway.adapter import State
 
 STATE = Gauge(
@@ -56,6 +57,19 @@ DEAD_LETTERS = Counter(
     "budget used up): the offset moved on without an answer.",
     ["platform", "reason"],
 )
+WEBHOOK_REFUSED = Counter(
+    "switchboard_gateway_webhook_refused_total",
+    "Requests to the webhook refused as not the platform's, by reason (secret_token, "
+    "signature, stale_timestamp, malformed).",
+    ["platform", "reason"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "switchboard_gateway_webhook_deliveries_total",
+    "Deliveries of the platform to the webhook, by result: ok (answered 2xx), retry "
+    "(answered 503, the platform delivers again: the backend failed or a reply must wait), "
+    "duplicate (delivered before, answered 2xx again).",
+    ["platform", "result"],
+)
 BACKEND_LATENCY = Histogram(
     "switchboard_gateway_backend_latency_seconds",
     "Time from handing a message to the backend until its answer (successful or not).",
@@ -93,5 +107,9 @@ def initialise(platform: str) -> None:
         ERRORS.labels(platform, code)
     for reason in DeadLetterReason:
         DEAD_LETTERS.labels(platform, reason.value)
+    for refusal in WebhookRefusal:
+        WEBHOOK_REFUSED.labels(platform, refusal.value)
+    for result in ("ok", "retry", "duplicate"):
+        WEBHOOK_DELIVERIES.labels(platform, result)
     for result in ("ok", "error"):
         STATUS_WRITES.labels(result)

@@ -418,4 +418,5 @@ class _NotOurs(Exception):
     pass
 
 
-_STATE_FIELDS = frozenset(GATEWAY_FIELDS) - set(CARRIED_FIELDS)
+# Auxiliary fields (set_field) besides the carried ones: status.webhook is this pod's view.
+_STATE_FIELDS = frozenset(GATEWAY_FIELDS) - {*CARRIED_FIELDS, Field.WEBHOOK}

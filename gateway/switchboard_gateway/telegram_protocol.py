@@ -233,3 +233,58 @@ class FloodQueue:
         """The oldest update still owed: getUpdates must not confirm it (nor any after)."""
         ids = [item.update_id for q in self.owed.values() for item in q]
         return min(ids) if ids else None
+
+
+# ------------------------------------------------------------------------ webhook delivery
+#
+# In webhook mode Telegram posts every update to our URL and retries a delivery that failed
+# (any answer but 2xx, no answer, no connection) "after a reasonable number of attempts".
+# Only Telegram knows whether its deliveries reach us: getWebhookInfo says which URL is set
+# and when (its clock, unix seconds) the last delivery failed, with what message. The gateway
+# knows when it last answered 2xx and when it last refused on purpose (the backend failed:
+# 503, so that Telegram delivers again). An error no later than our own last refusal is that
+# refusal (the backend's failure, reported as such); one after our last 2xx, and after the
+# webhook was set by this gateway, is a delivery that never reached us (DNS, TLS, Ingress,
+# Service): the webhook's ladder. Clocks: Telegram's and ours are both NTP time; one second of
+# slack covers the whole-second dates.
+
+
+class WebhookHealth(Enum):
+    OK = "ok"  # our URL is set and its deliveries arrive (or nothing failed since it was set)
+    FAILING = "failing"  # Telegram's deliveries fail before they reach the gateway
+    NOT_OURS = "not_ours"  # another URL (or none) is set: set ours again
+
+
+@dataclass(frozen=True)
+class WebhookVerdict:
+    health: WebhookHealth
+    message: str = ""
+
+
+def webhook_verdict(*, url: str, ours: str, last_error_date: int | None,
+                    last_error_message: str | None, since: float, last_ok: float | None,
+                    last_refused: float | None) -> WebhookVerdict:
+    """What getWebhookInfo says about our webhook. ``since``: when this gateway set it;
+    ``last_ok`` / ``last_refused``: when it last answered 2xx / refused a delivery on purpose
+    (all on the gateway's wall clock, None: never)."""
+    if url != ours:
+        shown = url or "none"
+        return WebhookVerdict(WebhookHealth.NOT_OURS,
+                              f"Telegram's webhook is {shown}, not this connection's URL")
+    if not last_error_date or last_error_date < int(since):
+        return WebhookVerdict(WebhookHealth.OK)
+    if last_ok is not None and last_error_date <= int(last_ok):
+        return WebhookVerdict(WebhookHealth.OK)  # a delivery went through since
+    if last_refused is not None and last_error_date <= int(last_refused) + 1:
+        return WebhookVerdict(WebhookHealth.OK)  # our own refusal (the backend's failure)
+    return WebhookVerdict(WebhookHealth.FAILING,
+                          f"Telegram cannot deliver to the webhook: "
+                          f"{last_error_message or 'unknown error'}")
+
+
+def setwebhook_error(exc: BaseException) -> Verdict | None:
+    """setWebhook's own refusal (400: not https, a port Telegram does not post to, a host it
+    cannot resolve): fatal, not retryable, the URL must change. None: as for polling."""
+    if isinstance(exc, BadRequest):
+        return Verdict(PollAction.FATAL, ErrorCode.TELEGRAM_WEBHOOK_REFUSED)
+    return None

@@ -35,6 +35,7 @@ from typing import Any, Generic, Self, TypeVar
 from aiohttp import web
 
 from switchboard_testkit import netns
+from switchboard_testkit.fake_telegram_webhook import WebhookPusher, WebhookRefused
 
 LOOPBACK = "127.0.0.1"  # the fakes never listen anywhere else
 
@@ -377,6 +378,10 @@ CONFLICT_DESCRIPTION = (
     "Conflict: terminated by other getUpdates request; "
     "make sure that only one bot instance is running"
 )
+WEBHOOK_CONFLICT_DESCRIPTION = (
+    "Conflict: can't use getUpdates method while webhook is active; "
+    "use deleteWebhook to delete the webhook first"
+)
 # What Telegram's nginx front returns when the Bot API backend is away.
 _NGINX_ERROR_PAGE = (
     "<html>\r\n<head><title>{code} {phrase}</title></head>\r\n<body>\r\n"
@@ -435,8 +440,9 @@ class _Refused(Exception):
 class FakeTelegram(FakeServer[SentMessage]):
     """Fake Bot API server holding one valid bot token.
 
-    Implemented methods: getMe, deleteWebhook, getWebhookInfo, getUpdates, sendMessage,
-    sendChatAction. Anything else answers 404 "Not Found", as Telegram does for unknown methods.
+    Implemented methods: getMe, setWebhook, deleteWebhook, getWebhookInfo, getUpdates,
+    sendMessage, sendChatAction (webhook delivery: fake_telegram_webhook.py). Anything else
+    answers 404 "Not Found", as Telegram does for unknown methods.
     """
 
     def __init__(
@@ -450,6 +456,7 @@ class FakeTelegram(FakeServer[SentMessage]):
         first_update_id: int = 100_000_001,
         terminate_concurrent_polls: bool = True,
         node_holder: int | None = None,
+        allow_http_webhooks: bool = False,
     ) -> None:
         super().__init__(port=port, control_port=control_port, node_holder=node_holder)
         self._token: str | None = token
@@ -476,10 +483,15 @@ class FakeTelegram(FakeServer[SentMessage]):
         # (start, end, peer) of every getUpdates, ended by an answer or by the client hanging
         # up: two pollers overlap when one starts before the other ended.
         self.poll_spans: deque[tuple[float, float, str]] = deque(maxlen=10_000)
+        # Webhook delivery (fake_telegram_webhook.py).
+        self.webhook = WebhookPusher(pending=lambda: self._updates, confirm=self._confirm_one,
+                                     changed=self._bump, node_holder=node_holder,
+                                     allow_http=allow_http_webhooks)
         self._methods: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {
             name.lower(): (name, handler)
             for name, handler in {
                 "getMe": self._get_me,
+                "setWebhook": self._set_webhook,
                 "deleteWebhook": self._delete_webhook,
                 "getWebhookInfo": self._get_webhook_info,
                 "getUpdates": self._get_updates,
@@ -559,6 +571,8 @@ class FakeTelegram(FakeServer[SentMessage]):
         self._next_update_id += 1
         self._updates.append({"update_id": update_id, **update})
         self._bump()
+        if self.webhook.active:
+            self.webhook.kick()
         return update_id
 
     def call_count(self, method: str) -> int:
@@ -636,6 +650,9 @@ class FakeTelegram(FakeServer[SentMessage]):
 
     # ------------------------------------------------------------------ serving
 
+    async def _before_stop(self) -> None:
+        await self.webhook.stop()
+
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/bot{token}/{method}", self._handle_bot)
 
@@ -653,6 +670,8 @@ class FakeTelegram(FakeServer[SentMessage]):
             "flood_chat": self.flood_chat,
             "revoke_token": self.revoke_token,
             "set_token": self.set_token,
+            "route_webhook": self.webhook.route,
+            "post_to_webhook": self.webhook.post,
         }
 
     def _state(self) -> dict[str, Any]:
@@ -662,6 +681,8 @@ class FakeTelegram(FakeServer[SentMessage]):
             "pending_updates": len(self._updates),
             "faults": [dataclasses.asdict(f) for f in self._faults],
             "sent": len(self.sent_messages),
+            "webhook": self.webhook.info(len(self._updates)),
+            "webhook_deliveries": list(self.webhook.deliveries),
         }
 
     def _calls_view(self) -> Any:
@@ -741,19 +762,37 @@ class FakeTelegram(FakeServer[SentMessage]):
             "has_main_web_app": False,
         }
 
+    def _set_webhook(self, params: dict[str, Any]) -> bool:
+        if "allowed_updates" in params:
+            params = {**params, "allowed_updates": _list_param(params, "allowed_updates")}
+            self.allowed_updates = params["allowed_updates"]
+        try:
+            self.webhook.set(params)
+        except WebhookRefused as exc:
+            raise _BadRequest(str(exc)) from None
+        if _bool_param(params, "drop_pending_updates"):
+            self._updates.clear()
+        self._poll_generation += 1  # an in-flight getUpdates ends (409 below)
+        self._bump()
+        return True
+
     def _delete_webhook(self, params: dict[str, Any]) -> bool:
         if _bool_param(params, "drop_pending_updates"):
             self._updates.clear()
+        self.webhook.delete()
         return True
 
     def _get_webhook_info(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "url": "",
-            "has_custom_certificate": False,
-            "pending_update_count": len(self._updates),
-        }
+        return self.webhook.info(len(self._updates))
+
+    def _confirm_one(self, update_id: int) -> None:
+        """A webhook delivery was answered 2xx: that update is done."""
+        self._updates = [u for u in self._updates if u["update_id"] != update_id]
+        self._bump()
 
     async def _get_updates(self, params: dict[str, Any]) -> web.Response:
+        if self.webhook.active:
+            return _error(409, WEBHOOK_CONFLICT_DESCRIPTION)
         token = self._token
         offset = _int_param(params, "offset", 0)
         limit = _int_param(params, "limit", 100)
@@ -773,6 +812,8 @@ class FakeTelegram(FakeServer[SentMessage]):
                 return web.json_response({"ok": True, "result": []})
             if self._token != token:
                 return self._token_error(token or "")
+            if self.webhook.active:
+                return _error(409, WEBHOOK_CONFLICT_DESCRIPTION)
             if self.terminate_concurrent_polls and generation != self._poll_generation:
                 return _error(409, CONFLICT_DESCRIPTION)
             if self._updates:
@@ -972,10 +1013,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token", default=DEFAULT_TOKEN)
     parser.add_argument("--bot-username", default="switchboard_fake_bot")
     parser.add_argument("--node-holder", type=int, help="serve inside this real node")
+    parser.add_argument("--allow-http-webhooks", action="store_true",
+                        help="accept http:// webhook URLs (Telegram requires https)")
     args = parser.parse_args(argv)
     fake = FakeTelegram(
         args.token, port=args.port, control_port=args.control_port,
         bot_username=args.bot_username, node_holder=args.node_holder,
+        allow_http_webhooks=args.allow_http_webhooks,
     )
     serve_cli(fake)
 

@@ -1,0 +1,251 @@
+"""The fake Telegram's webhook delivery (setWebhook / getWebhookInfo / the pushes themselves).
+
+As the Bot API documents it (core.telegram.org/bots/api#setwebhook, #getwebhookinfo):
+- setWebhook checks the URL: https (unless the fake was told to allow http, for tests
+  without TLS), ports 443, 80, 88 or 8443, a host it can resolve; ``secret_token`` 1-256
+  characters of A-Z a-z 0-9 _ -; ``max_connections`` 1-100 (default 40);
+- while a webhook is set, getUpdates answers 409 "can't use getUpdates method while webhook is
+  active; use deleteWebhook to delete the webhook first";
+- every pending update is POSTed as JSON to the URL with X-Telegram-Bot-Api-Secret-Token;
+  a 2xx answer confirms it, anything else (another status, a refused connection, no answer
+  in time) is retried after a growing pause, and getWebhookInfo reports last_error_date and
+  last_error_message ("Wrong response from the webhook: 503 Service Unavailable",
+  "Connection refused", "Read timeout expired"), as Telegram's do.
+Deviations, on purpose: one delivery at a time, in update order (Telegram may use up to
+max_connections at once); retries after 0.5, 1, 2, 4 s, then every 4 s (Telegram's pauses
+are longer and undocumented), and never given up (Telegram gives up "after a reasonable amount
+of attempts", which a test could not wait for).
+
+The URL's host is resolved through ``route(host, "ip:port")`` (the public DNS and load
+balancer of a real deployment); on the real node the pushes start inside the node's network
+namespace (the fake's platform listener is there too), where the gateway's Service is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from switchboard_testkit import netns
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+ALLOWED_PORTS = (80, 88, 443, 8443)
+_SECRET_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,256}")
+RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0)
+DELIVERY_TIMEOUT = 10.0
+
+
+class WebhookRefused(Exception):
+    """setWebhook's 400 Bad Request, with Telegram's description."""
+
+
+@dataclass
+class Delivery:
+    """One push to the webhook: the update id and what came of it (HTTP status or error)."""
+
+    update_id: int
+    status: int | None
+    error: str | None
+    at: float = field(default_factory=time.time)
+
+
+@dataclass
+class WebhookSettings:
+    url: str
+    secret_token: str | None
+    max_connections: int
+    allowed_updates: list[str] | None
+
+
+class WebhookPusher:
+    """Holds the webhook of one fake bot and pushes its pending updates to it."""
+
+    def __init__(self, *, pending: Callable[[], list[dict[str, Any]]],
+                 confirm: Callable[[int], None], changed: Callable[[], None],
+                 node_holder: int | None = None, allow_http: bool = False) -> None:
+        self._pending = pending
+        self._confirm = confirm
+        self._changed = changed
+        self._node_holder = node_holder
+        self.allow_http = allow_http
+        self.settings: WebhookSettings | None = None
+        self.routes: dict[str, str] = {}  # host -> "ip:port"
+        self.last_error_date: int | None = None
+        self.last_error_message: str | None = None
+        self.deliveries: deque[Delivery] = deque(maxlen=10_000)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    # ------------------------------------------------------------------ Bot API side
+
+    def set(self, params: dict[str, Any]) -> None:
+        url = str(params.get("url") or "")
+        if not url:
+            self.delete()
+            return
+        parts = urlsplit(url)
+        if parts.scheme != "https" and not (self.allow_http and parts.scheme == "http"):
+            raise WebhookRefused("bad webhook: An HTTPS URL must be provided for webhook")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if port not in ALLOWED_PORTS:
+            raise WebhookRefused("bad webhook: Webhook can be set up only on ports 80, 88, "
+                                 "443 or 8443")
+        if (parts.hostname or "").lower() not in self.routes:
+            raise WebhookRefused("bad webhook: Failed to resolve host: Name or service not "
+                                 "known")
+        secret = params.get("secret_token")
+        if secret is not None and not _SECRET_SHAPE.fullmatch(str(secret)):
+            raise WebhookRefused("secret token contains unallowed characters")
+        try:
+            max_connections = int(params.get("max_connections") or 40)
+        except (TypeError, ValueError):
+            raise WebhookRefused("invalid max_connections specified") from None
+        allowed = params.get("allowed_updates")
+        self.settings = WebhookSettings(url, None if secret is None else str(secret),
+                                        min(max(max_connections, 1), 100),
+                                        None if allowed is None else list(allowed))
+        self.kick()
+
+    def delete(self) -> None:
+        self.settings = None
+        self.kick()
+
+    def info(self, pending: int) -> dict[str, Any]:
+        info: dict[str, Any] = {"url": self.settings.url if self.settings else "",
+                                "has_custom_certificate": False,
+                                "pending_update_count": pending}
+        if self.settings is not None:
+            info["max_connections"] = self.settings.max_connections
+            if self.settings.allowed_updates is not None:
+                info["allowed_updates"] = self.settings.allowed_updates
+        if self.last_error_date is not None:
+            info["last_error_date"] = self.last_error_date
+            info["last_error_message"] = self.last_error_message or ""
+        return info
+
+    @property
+    def active(self) -> bool:
+        return self.settings is not None
+
+    # ------------------------------------------------------------------ test side
+
+    def route(self, host: str, address: str) -> None:
+        """Resolve ``host`` to ``address`` ("ip:port"): where a push to the URL goes."""
+        self.routes[host.lower()] = address
+        self.kick()
+
+    async def post(self, body: dict[str, Any], secret_token: str | None) -> int | str:
+        """One POST to the webhook URL as anyone could make it (a forged request): the
+        HTTP status, or the error."""
+        if self.settings is None:
+            raise ValueError("no webhook is set")
+        status, error = await self._post(self.settings.url, body, secret_token)
+        return status if status is not None else str(error)
+
+    # ------------------------------------------------------------------ pushing
+
+    def kick(self) -> None:
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(),
+                                                                name="fake-webhook-push")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._session is not None:
+            await self._session.close()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            self._wake.clear()
+            pending = self._pending()
+            if self.settings is None or not pending:
+                await self._wake.wait()
+                continue
+            update = pending[0]
+            status, error = await self._post(self.settings.url, update,
+                                             self.settings.secret_token)
+            self.deliveries.append(Delivery(update["update_id"], status, error))
+            if status is not None and 200 <= status < 300:
+                failures = 0
+                self._confirm(update["update_id"])
+            else:
+                failures += 1
+                self.last_error_date = int(time.time())
+                self.last_error_message = error or _wrong_response(status)
+                self._changed()
+                pause = RETRY_PAUSES[min(failures, len(RETRY_PAUSES)) - 1]
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause):
+                        # A new webhook (setWebhook) is tried at once; other changes wait.
+                        settings = self.settings
+                        while self.settings is settings:
+                            await self._wake.wait()
+                            self._wake.clear()
+            self._changed()
+
+    async def _post(self, url: str, body: dict[str, Any],
+                    secret_token: str | None) -> tuple[int | None, str | None]:
+        parts = urlsplit(url)
+        address = self.routes.get((parts.hostname or "").lower())
+        if address is None:
+            return None, "Failed to resolve host: Name or service not known"
+        target = urlunsplit(("http" if parts.scheme == "http" else "https", address,
+                             parts.path or "/", parts.query, ""))
+        headers = {"Host": parts.netloc, "Content-Type": "application/json"}
+        if secret_token is not None:
+            headers[SECRET_HEADER] = secret_token
+        try:
+            async with self._client().post(target, json=body, headers=headers,
+                                           timeout=aiohttp.ClientTimeout(
+                                               total=DELIVERY_TIMEOUT)) as response:
+                await response.read()
+                return response.status, None
+        except TimeoutError:
+            return None, "Read timeout expired"
+        except aiohttp.ClientConnectorError as exc:
+            refused = isinstance(exc.os_error, ConnectionRefusedError)
+            return None, "Connection refused" if refused else f"Connection failed: {exc}"
+        except aiohttp.ClientError as exc:
+            return None, f"Connection failed: {exc}"
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # On the real node the socket must be made inside the node's network namespace
+            # (a socket keeps the namespace it was created in); aiohttp takes a factory.
+            holder = self._node_holder
+
+            def make_socket(addr_info: Any) -> socket.socket:
+                family, kind, proto = addr_info[0], addr_info[1], addr_info[2]
+                if holder is None:
+                    return socket.socket(family, kind, proto)
+                with netns.enter(holder):
+                    return socket.socket(family, kind, proto)
+
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                socket_factory=make_socket, force_close=True))
+        return self._session
+
+
+def _wrong_response(status: int | None) -> str:
+    try:
+        phrase = HTTPStatus(status or 0).phrase
+    except ValueError:
+        phrase = "Unknown"
+    return f"Wrong response from the webhook: {status} {phrase}"
