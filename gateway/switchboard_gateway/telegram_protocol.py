@@ -283,8 +283,12 @@ def webhook_verdict(*, url: str, ours: str, last_error_date: int | None,
 
 
 def setwebhook_error(exc: BaseException) -> Verdict | None:
-    """setWebhook's own refusal (400: not https, a port Telegram does not post to, a host it
-    cannot resolve): fatal, not retryable, the URL must change. None: as for polling."""
+    """setWebhook's own refusal (400: not https, a port Telegram does not post to): fatal, not
+    retryable, the URL must change. A host Telegram cannot resolve yet is the exception: a new
+    Ingress host's DNS record often comes minutes after the connection, so that climbs the
+    webhook's ladder (then the operator's restarts). None: as for polling."""
     if isinstance(exc, BadRequest):
+        if "resolve host" in str(exc):
+            return Verdict(PollAction.RECONNECT, ErrorCode.TELEGRAM_WEBHOOK_REFUSED)
         return Verdict(PollAction.FATAL, ErrorCode.TELEGRAM_WEBHOOK_REFUSED)
     return None

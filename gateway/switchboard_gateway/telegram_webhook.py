@@ -251,12 +251,12 @@ class TelegramWebhookAdapter(TelegramAdapter):
                 raise
             except (*CALL_ERRORS, _LinkDead) as exc:
                 refused = proto.setwebhook_error(exc) if not webhook_set else None
-                if refused is not None:
+                if refused is not None and refused.action is proto.PollAction.FATAL:
                     metrics.ERRORS.labels(PLATFORM, WEBHOOK_REFUSED).inc()
                     raise FatalAdapterError(
                         WEBHOOK_REFUSED, f"Telegram refused the webhook URL: "
                         f"{short_error(exc)}", False) from None
-                verdict_ = proto.poll_error(exc)
+                verdict_ = refused or proto.poll_error(exc)
                 metrics.ERRORS.labels(PLATFORM, verdict_.code).inc()
                 if verdict_.action is proto.PollAction.FATAL:
                     raise token_rejected(exc) from None
@@ -267,13 +267,12 @@ class TelegramWebhookAdapter(TelegramAdapter):
                 attempt += 1
                 if attempt > self.policy.max_attempts:
                     raise FatalAdapterError(
-                        ErrorCode.TELEGRAM_NETWORK_ERROR,
+                        verdict_.code,
                         f"gave up after {self.policy.max_attempts} reconnect attempts: "
                         f"{short_error(exc)}", True) from None
                 await self._retrying(attempt, self.policy.max_attempts,
                                      self.policy.delay(attempt), AdapterError(
-                                         ErrorCode.TELEGRAM_NETWORK_ERROR, short_error(exc),
-                                         True))
+                                         verdict_.code, short_error(exc), True))
 
     def _look(self, info: Any) -> proto.WebhookVerdict:
         """The verdict on getWebhookInfo, and status.webhook from it."""

@@ -17,6 +17,7 @@ from telegram.error import (
 )
 
 from switchboard_contract import DeadLetterReason, ErrorCode
+from switchboard_gateway import telegram_protocol as proto
 from switchboard_gateway.telegram_protocol import (
     ConflictWindow,
     PollAction,
@@ -127,3 +128,52 @@ def test_flood_queue_keeps_each_chats_order_and_holds_the_offset_below_the_oldes
     assert q.first(1).update_id == 12 and q.low_water() == 12
     q.done(1)
     assert not q.blocked(1) and q.low_water() is None and not q.full()
+
+
+# ------------------------------------------------------------------ webhook delivery
+
+URL = "https://bots.example.com/tg/one"
+
+
+def verdict(**given: object) -> proto.WebhookVerdict:
+    args: dict[str, object] = {"url": URL, "ours": URL, "last_error_date": None,
+                               "last_error_message": None, "since": 1000.0,
+                               "last_ok": None, "last_refused": None}
+    args.update(given)
+    return proto.webhook_verdict(**args)  # type: ignore[arg-type]
+
+
+def test_the_webhook_is_ok_until_telegram_reports_an_error_after_it_was_set() -> None:
+    assert verdict().health is proto.WebhookHealth.OK
+    # An error from before this gateway set the webhook (the last pod's outage) is old news.
+    assert verdict(last_error_date=999, last_error_message="x").health is proto.WebhookHealth.OK
+    failing = verdict(last_error_date=1005, last_error_message="Connection refused")
+    assert failing.health is proto.WebhookHealth.FAILING
+    assert "Connection refused" in failing.message
+
+
+def test_a_delivery_after_the_error_means_it_recovered() -> None:
+    assert verdict(last_error_date=1005, last_ok=1006.2).health is proto.WebhookHealth.OK
+    assert verdict(last_error_date=1007, last_ok=1006.2).health is proto.WebhookHealth.FAILING
+
+
+def test_an_error_telegram_got_from_our_own_refusal_is_the_backends_not_the_webhooks() -> None:
+    assert verdict(last_error_date=1010, last_refused=1009.7).health is proto.WebhookHealth.OK
+    assert verdict(last_error_date=1020, last_refused=1009.7).health is \
+        proto.WebhookHealth.FAILING
+
+
+def test_another_url_or_none_is_not_ours() -> None:
+    assert verdict(url="").health is proto.WebhookHealth.NOT_OURS
+    other = verdict(url="https://elsewhere.example/x")
+    assert other.health is proto.WebhookHealth.NOT_OURS and "elsewhere" in other.message
+
+
+def test_setwebhook_refusals_are_fatal_except_a_host_telegram_cannot_resolve_yet() -> None:
+    port = proto.setwebhook_error(BadRequest(
+        "bad webhook: Webhook can be set up only on ports 80, 88, 443 or 8443"))
+    assert port is not None and port.action is PollAction.FATAL
+    dns = proto.setwebhook_error(BadRequest(
+        "bad webhook: Failed to resolve host: Name or service not known"))
+    assert dns is not None and dns.action is PollAction.RECONNECT
+    assert proto.setwebhook_error(NetworkError("Bad Gateway")) is None

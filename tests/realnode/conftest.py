@@ -53,8 +53,8 @@ def ns(real: RealNodeCluster) -> Iterator[str]:
 def fake_telegram(real: RealNodeCluster) -> Iterator[Callable[..., Fake]]:
     made: list[Fake] = []
 
-    def make(token: str) -> Fake:
-        fake = Fake(real, "fake_telegram", f"--token={token}")
+    def make(token: str, *args: str) -> Fake:
+        fake = Fake(real, "fake_telegram", f"--token={token}", *args)
         made.append(fake)
         return fake
 

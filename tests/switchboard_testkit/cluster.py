@@ -38,8 +38,14 @@ class ClusterClients:
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.binaries.kubectl), *args], env=self.env(), text=True,
-                              capture_output=True, check=check, input=input, timeout=timeout)
+        done = subprocess.run([str(self.binaries.kubectl), *args], env=self.env(), text=True,
+                              capture_output=True, input=input, timeout=timeout)
+        if check and done.returncode:
+            error = subprocess.CalledProcessError(done.returncode, done.args, done.stdout,
+                                                  done.stderr)
+            error.add_note(f"kubectl said: {done.stderr.strip()}")  # shown by pytest
+            raise error
+        return done
 
     def log_tails(self, lines: int = 40) -> str:
         return log_tails(self.workdir, lines)

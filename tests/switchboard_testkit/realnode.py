@@ -47,7 +47,10 @@ CGROUP_FS = Path("/sys/fs/cgroup")
 CONTAINERD_SOCK = "/run/containerd/containerd.sock"  # in the node's private /run
 BUILD_IMAGE = REPO / "hack" / "build-image.sh"
 # The chart on this node: the operator reaches fake platforms at the node address over http.
-CHART_VALUES = ("--set", f"policy.insecureAPIHosts={{{netns.NODE_IP}}}")
+# The fakes serve plain http inside the node; the webhook tests' public host has no TLS.
+WEBHOOK_TEST_HOST = "bots.switchboard.test"
+CHART_VALUES = ("--set", f"policy.insecureAPIHosts={{{netns.NODE_IP}}}",
+                "--set", f"policy.insecureWebhookHosts={{{WEBHOOK_TEST_HOST}}}")
 
 
 def build_images() -> dict[str, tuple[str, Path]]:
