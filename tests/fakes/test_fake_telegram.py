@@ -428,3 +428,73 @@ async def test_cli_prints_ready_and_stops_on_sigterm() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+# ------------------------------------------------------------------ webhooks, as PTB sees them
+
+HOOK_HOST = "hooks.example.test"
+
+
+async def test_set_webhook_is_checked_as_telegram_checks_it(fake: FakeTelegram, bot: Bot) -> None:
+    fake.webhook.route(HOOK_HOST, "127.0.0.1:1")
+    for url, says in ((f"http://{HOOK_HOST}/x", "HTTPS URL must be provided"),
+                      (f"https://{HOOK_HOST}:9000/x", "ports 80, 88, 443 or 8443"),
+                      ("https://unknown.example.test/x", "Failed to resolve host")):
+        with pytest.raises(BadRequest, match=f"(?i){says}"):  # PTB rewords the start
+            await bot.set_webhook(url)
+    with pytest.raises(BadRequest, match="unallowed characters"):
+        await bot.set_webhook(f"https://{HOOK_HOST}/x", secret_token="not allowed!")
+    assert await bot.set_webhook(f"https://{HOOK_HOST}:8443/x", secret_token="s3cret_-X",
+                                 max_connections=3, allowed_updates=["message"])
+    info = await bot.get_webhook_info()
+    assert (info.url, info.max_connections, info.allowed_updates) == \
+        (f"https://{HOOK_HOST}:8443/x", 3, ("message",))
+    with pytest.raises(Conflict, match="webhook is active"):
+        await bot.get_updates(timeout=0)
+    assert await bot.delete_webhook()
+    assert (await bot.get_webhook_info()).url == ""
+    assert await bot.get_updates(timeout=0) == ()
+
+
+async def test_pushes_reach_ptbs_own_webhook_server_with_the_secret_token(
+        unused_tcp_port: int) -> None:
+    """PTB's Updater.start_webhook (tornado) sets the webhook on the fake, refuses requests
+    without its secret token (403) and hands the fake's pushes to the handlers."""
+    fake = FakeTelegram(TOKEN, allow_http_webhooks=True)
+    await fake.start()
+    fake.webhook.route(HOOK_HOST, f"127.0.0.1:{unused_tcp_port}")
+    seen: list[str] = []
+    app = Application.builder().token(TOKEN).base_url(fake.base_url).build()
+    app.add_handler(MessageHandler(filters.TEXT, lambda u, c: _record(seen, u)))
+    async with app:
+        await app.start()
+        assert app.updater is not None
+        await app.updater.start_webhook(
+            listen="127.0.0.1", port=unused_tcp_port, url_path="hook",
+            webhook_url=f"http://{HOOK_HOST}/hook", secret_token="ptb-secret_1")
+        assert fake.webhook.settings is not None
+        assert fake.webhook.settings.secret_token == "ptb-secret_1"
+        fake.inject_message(42, "pushed to PTB")
+        await fake.wait_until(lambda: seen == ["pushed to PTB"], WAIT, "PTB's handler")
+        await fake.wait_until(lambda: not fake.pending_updates, WAIT, "confirmed by the 200")
+        forged = {"update_id": 9, "message": {"message_id": 9, "date": 0, "text": "forged",
+                                              "chat": {"id": 1, "type": "private"}}}
+        assert await fake.webhook.post(forged, "wrong") == 403  # PTB refuses it too
+        assert seen == ["pushed to PTB"]
+        await app.updater.stop()
+        await app.stop()
+    # A push that fails shows in getWebhookInfo, as Telegram reports it, and is retried.
+    fake.inject_message(43, "nobody listens")
+    await fake.wait_until(lambda: fake.webhook.last_error_message == "Connection refused",
+                          WAIT, "the failure in getWebhookInfo")
+    await fake.wait_until(lambda: len(fake.webhook.deliveries) >= 3, WAIT, "retried")
+    async with Bot(TOKEN, base_url=fake.base_url) as bot:
+        info = await bot.get_webhook_info()
+    assert info.last_error_message == "Connection refused"
+    assert info.pending_update_count == 1 and info.last_error_date is not None
+    await fake.stop()
+
+
+async def _record(seen: list[str], update: object) -> None:
+    message = getattr(update, "effective_message", None)
+    seen.append(message.text if message is not None else "")
