@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from switchboard_testkit.cluster import Cluster
+from switchboard_testkit.controlplane import wait_for
 
 CRD = Path(__file__).resolve().parents[1] / "crds" / "platformconnections.switchboard.dev.yaml"
 
@@ -72,6 +73,17 @@ def test_every_defaulted_or_bounded_spec_field_says_so_last() -> None:
 
 def test_kubectl_explain_prints_the_default_and_bounds(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    out = cluster.kubectl("explain",
-                          "platformconnections.spec.telegram.reconnect.maxAttempts").stdout
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s",
+                    "crd/platformconnections.switchboard.dev")
+
+    def explained() -> str | None:
+        # The OpenAPI document is published a moment after the CRD is established (longer for
+        # a larger schema): until then kubectl explain does not know the resource.
+        done = cluster.kubectl("explain",
+                               "platformconnections.spec.telegram.reconnect.maxAttempts",
+                               check=False)
+        return done.stdout if done.returncode == 0 else None
+
+    out = wait_for(explained, 30, "kubectl explain to know the resource")
+    assert isinstance(out, str)
     assert "Default 10; 1-10000." in " ".join(out.split()), out
