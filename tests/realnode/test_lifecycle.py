@@ -63,4 +63,5 @@ def test_make_demo_runs_on_the_real_node(real: RealNodeCluster, chart: str) -> N
     assert "operator running (in its container on the real node)" in out
     assert "telegram reply: 'echo: hello switchboard'" in out
     assert "qq reply: 'echo: hello switchboard'" in out
+    assert "telegram webhook reply: 'echo: hello by webhook'" in out
     assert "GatewayRestarted" in out

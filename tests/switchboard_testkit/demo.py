@@ -3,9 +3,10 @@
 Starts (or reuses) the cluster in .cluster/ (a real kubelet and containerd node, or with
 `--node local` the test kit's local node), installs the Helm chart with the image `make image`
 built, starts a fake Telegram and a fake QQ server (listening inside the node's network
-namespace), creates one PlatformConnection for each, sends a message through each and shows the
-echoed reply, then cuts Telegram off and lets you watch the connection go through
-`retrying N/10`, a restart by the operator, and back to `connected`.
+namespace), creates one PlatformConnection for each (on the real node also a Telegram bot
+whose updates come by webhook, through the Service the operator makes), sends a message
+through each and shows the echoed reply, then cuts Telegram off and lets you watch the
+connection go through `retrying N/10`, a restart by the operator, and back to `connected`.
 Every process it starts is recorded in .cluster/state.json; `make cluster-down` stops them all.
 """
 
@@ -31,6 +32,8 @@ from switchboard_testkit.realnode import RealNodeCluster
 
 NS = "demo"
 TOKEN = "123456:demo-token-not-a-real-one"
+HOOK_TOKEN = "654321:demo-webhook-token-not-a-real-one"
+HOOK_URL = f"http://{realnode.WEBHOOK_TEST_HOST}/telegram/telegram-webhook"
 QQ_APP_ID, QQ_SECRET = "102000001", "demo-client-secret"
 T0 = time.monotonic()
 
@@ -44,6 +47,33 @@ def post(url: str, body: dict[str, Any] | None = None, timeout: float = 30) -> A
                                  headers={"Content-Type": "application/json"}, method="POST")
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read() or b"null")
+
+
+def webhook_manifests(base: str) -> str:
+    """The real node only: a Telegram bot whose updates come by webhook, through the Service
+    the operator makes (the local node has no Services)."""
+    return f"""
+apiVersion: v1
+kind: Secret
+metadata:
+  name: telegram-webhook
+  namespace: {NS}
+  labels: {{switchboard.dev/credentials: "true"}}
+stringData: {{token: "{HOOK_TOKEN}"}}
+---
+apiVersion: switchboard.dev/v1alpha1
+kind: PlatformConnection
+metadata: {{name: telegram-webhook, namespace: {NS}}}
+spec:
+  platform: telegram
+  apiBaseURL: {base}
+  telegram:
+    tokenSecretRef: {{name: telegram-webhook}}
+    reconnect: {{maxAttempts: 10, initialDelaySeconds: 1, maxDelaySeconds: 2}}
+  backend: {{echo: true}}
+  # Plain http: the demo's public host has no certificate (the chart's values allow it).
+  delivery: {{mode: webhook, webhook: {{url: "{HOOK_URL}"}}}}
+"""
 
 
 def manifests(tg_base: str, qq_base: str) -> str:
@@ -172,16 +202,35 @@ class Demo:
                                     "--heartbeat-interval-ms=5000"])
         tg = f"http://127.0.0.1:{tg_ctl}/_fake"
         qq = f"http://127.0.0.1:{qq_ctl}/_fake"
-        wait_for(lambda: _up(f"{tg}/state") and _up(f"{qq}/state"), 30, "the fake servers")
+        fakes = [tg, qq]
+        hook_port, hook_ctl = free_port(), free_port()
+        hook = f"http://127.0.0.1:{hook_ctl}/_fake"
+        if self.real:
+            step(f"and a second fake Telegram on {host}:{hook_port} that pushes by webhook")
+            self.spawn_fake("fake-telegram-webhook", [
+                "switchboard_testkit.fake_telegram", f"--port={hook_port}",
+                f"--control-port={hook_ctl}", f"--token={HOOK_TOKEN}", "--allow-http-webhooks"])
+            fakes.append(hook)
+        wait_for(lambda: all(_up(f"{f}/state") for f in fakes), 30, "the fake servers")
 
-        step("creating namespace demo, two Secrets and two PlatformConnections")
+        names = ["telegram-bot", "qq-bot"] + (["telegram-webhook"] if self.real else [])
+        step(f"creating namespace demo, its Secrets and {len(names)} PlatformConnections")
         self._ensure_namespace()
         self.kubectl("apply", "-f", "-", input=manifests(
             f"http://{host}:{tg_port}/bot", f"http://{host}:{qq_port}"))
-        step("waiting for both connections to become Ready ...")
+        if self.real:
+            self.kubectl("apply", "-f", "-",
+                         input=webhook_manifests(f"http://{host}:{hook_port}/bot"))
+            service = wait_for(lambda: self._cluster_ip("telegram-webhook-gateway"), 60,
+                               "the webhook Service")
+            step(f"the webhook's public host {realnode.WEBHOOK_TEST_HOST} routes to the "
+                 f"gateway's Service ({service}:80), as a load balancer would")
+            post(f"{hook}/route_webhook", {"host": realnode.WEBHOOK_TEST_HOST,
+                                           "address": f"{service}:80"})
+        step("waiting for the connections to become Ready ...")
         diagnose.run_watching(
             [str(self.cluster.binaries.kubectl), "-n", NS, "wait", "--for=condition=Ready",
-             "--timeout=180s", "platformconnection/telegram-bot", "platformconnection/qq-bot"],
+             "--timeout=180s", *(f"platformconnection/{n}" for n in names)],
             env=self.env, core=self.core(), namespaces=[NS, "switchboard-system"],
             workdir=self.cluster.workdir, timeout=200)
         print(self.kubectl("-n", NS, "get", "platformconnections").stdout, flush=True)
@@ -193,6 +242,11 @@ class Demo:
         post(f"{qq}/inject_message", {"openid": "demo-user", "content": "hello switchboard"})
         reply = post(f"{qq}/wait_for_sent", {"timeout": 30, "contains": "hello switchboard"})
         step(f"qq reply: {_text(reply)!r}")
+        if self.real:
+            post(f"{hook}/inject_message", {"chat_id": 4343, "text": "hello by webhook"})
+            reply = post(f"{hook}/wait_for_sent", {"timeout": 30, "contains": "by webhook"})
+            step(f"telegram webhook reply: {_text(reply)!r} (Telegram posted the update to "
+                 f"{HOOK_URL}, through the Service)")
 
         step("outage: the fake Telegram now answers every call with 502 Bad Gateway "
              "(the gateway sees it when its current long poll ends, within 30 s)")
@@ -209,6 +263,12 @@ class Demo:
                            "--field-selector", "involvedObject.name=telegram-bot").stdout,
               flush=True)
         self.outro()
+
+    def _cluster_ip(self, service: str) -> str | None:
+        got = subprocess.run([str(self.cluster.binaries.kubectl), "-n", NS, "get", "service",
+                              service, "-o", "jsonpath={.spec.clusterIP}"], env=self.env,
+                             capture_output=True, text=True)
+        return got.stdout.strip() or None if got.returncode == 0 else None
 
     def _ensure_namespace(self) -> None:
         got = subprocess.run([str(self.cluster.binaries.kubectl), "get", "namespace", NS],
