@@ -151,6 +151,8 @@ class GatewayConfig:
     webhook_max_connections: int = 40
     webhook_secret_token: Secret | None = None
     webhook_info_interval: float = 30.0
+    # How long a webhook gateway waits for its first readiness probe before setWebhook.
+    webhook_ready_wait: float = 15.0
 
     @property
     def connection_ref(self) -> str:
@@ -313,6 +315,7 @@ class GatewayConfig:
             webhook_secret_token=webhook_token,
             webhook_info_interval=number("SWITCHBOARD_WEBHOOK_INFO_INTERVAL", 30.0,
                                          minimum=0.1),
+            webhook_ready_wait=number("SWITCHBOARD_WEBHOOK_READY_WAIT", 15.0),
         )
         if config.stall_after <= config.poll_timeout + config.probe_timeout:
             errors.append("SWITCHBOARD_STALL_AFTER must be longer than SWITCHBOARD_POLL_TIMEOUT "

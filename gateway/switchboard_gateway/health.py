@@ -23,6 +23,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from switchboard_gateway.redact import describe
 
 
+class Readiness:
+    """What /readyz answers. Ready when connected; a webhook gateway also as soon as its
+    webhook server accepts requests (until a fatal): its Service sends traffic only to Ready
+    pods, and the platform starts posting the moment the webhook is set. ``seen`` is set once
+    /readyz answered ready (the kubelet's probe): then the pod's endpoint is about to serve."""
+
+    def __init__(self, connected: Callable[[], bool], fatal: Callable[[], bool]) -> None:
+        self._connected = connected
+        self._fatal = fatal
+        self.serving = False
+        self.seen = asyncio.Event()
+
+    def ready(self) -> bool:
+        return self._connected() or (self.serving and not self._fatal())
+
+
 class HealthServer:
     def __init__(
         self,
@@ -31,6 +47,7 @@ class HealthServer:
         health_port: int,
         metrics_port: int,
         ready: Callable[[], bool],
+        on_ready: Callable[[], None] = lambda: None,
         state: Callable[[], str] = lambda: "",
         registry: CollectorRegistry = REGISTRY,
         beat_interval: float = 1.0,
@@ -40,6 +57,7 @@ class HealthServer:
         self.health_port = health_port
         self.metrics_port = metrics_port
         self._ready = ready
+        self._on_ready = on_ready
         self._state = state
         self._registry = registry
         self.beat_interval = beat_interval
@@ -116,6 +134,7 @@ class HealthServer:
     async def _readyz(self, request: web.Request) -> web.Response:
         state = self._state()
         if self._ready():
+            self._on_ready()
             return web.Response(text=f"ready: {state}\n")
         return web.Response(status=503, text=f"not ready: {state or 'starting'}\n")
 

@@ -35,7 +35,7 @@ from switchboard_gateway.adapter import (
     supervise,
 )
 from switchboard_gateway.config import ConfigError, GatewayConfig
-from switchboard_gateway.health import HealthServer
+from switchboard_gateway.health import HealthServer, Readiness
 from switchboard_gateway.poller_lease import PollerLease
 from switchboard_gateway.progress import Progress
 from switchboard_gateway.relay import make_relay
@@ -49,12 +49,13 @@ FINAL_WRITE_TIMEOUT = 5.0
 
 
 def make_adapter(config: GatewayConfig, sink: StatusSink, relay: Relay,
-                 lease: PollerLease | None = None) -> Adapter:
+                 lease: PollerLease | None = None,
+                 readiness: Readiness | None = None) -> Adapter:
     """Adapters are imported lazily: a Telegram gateway never loads the QQ code and vice versa."""
     if config.platform == "telegram" and config.delivery == Delivery.WEBHOOK:
         from switchboard_gateway.telegram_webhook import TelegramWebhookAdapter
 
-        return TelegramWebhookAdapter(config, sink, relay)
+        return TelegramWebhookAdapter(config, sink, relay, readiness=readiness)
     if config.platform == "telegram":
         from switchboard_gateway.telegram import TelegramAdapter
 
@@ -94,8 +95,10 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None,
                                   pod_uid=config.pod_uid)
     await reporter.start()
     metrics.initialise(config.platform)
+    readiness = Readiness(lambda: reporter.connected, lambda: reporter.state is State.FATAL)
     health = HealthServer(host=config.bind_address, health_port=config.health_port,
-                          metrics_port=config.metrics_port, ready=lambda: reporter.connected,
+                          metrics_port=config.metrics_port, ready=readiness.ready,
+                          on_ready=readiness.seen.set,
                           state=lambda: reporter.state.value if reporter.state else "")
     await health.start()
     if reporter.task is not None:
@@ -106,7 +109,7 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None,
     await relay.start()
     lease = _poller_lease(config)
     try:
-        await _serve(config, reporter, relay, lease, stop)
+        await _serve(config, reporter, relay, lease, stop, readiness)
     finally:
         if lease is not None:
             await lease.release()  # first: the adapter has stopped; the next pod may poll
@@ -126,7 +129,8 @@ def _poller_lease(config: GatewayConfig) -> PollerLease | None:
 
 
 async def _serve(config: GatewayConfig, reporter: StatusReporter, relay: Relay,
-                 lease: PollerLease | None, stop: asyncio.Event) -> None:
+                 lease: PollerLease | None, stop: asyncio.Event,
+                 readiness: Readiness | None = None) -> None:
     """Run the adapter while this pod holds the poller Lease; until ``stop``.
 
     A lost Lease (not renewed in time) stops the adapter and waits for the Lease again, with a
@@ -143,7 +147,7 @@ async def _serve(config: GatewayConfig, reporter: StatusReporter, relay: Relay,
         holder = None if lease is None else asyncio.create_task(_hold(lease, lost),
                                                                 name="poller-lease")
         try:
-            error = await _run_adapter(config, reporter, relay, stop, lost, lease)
+            error = await _run_adapter(config, reporter, relay, stop, lost, lease, readiness)
             if error is None and lost.is_set() and not stop.is_set():
                 await reporter.report(State.CONNECTING, error=AdapterError(
                     ErrorCode.LEASE_LOST, "the poller Lease was not renewed in time: polling "
@@ -177,10 +181,11 @@ async def _hold(lease: PollerLease, lost: asyncio.Event) -> None:
 
 async def _run_adapter(config: GatewayConfig, reporter: StatusReporter, relay: Relay,
                        stop: asyncio.Event, lost: asyncio.Event,
-                       lease: PollerLease | None = None) -> BaseException | None:
+                       lease: PollerLease | None = None,
+                       readiness: Readiness | None = None) -> BaseException | None:
     """One adapter, until it ends or ``stop`` or ``lost`` fires; what it failed with."""
     try:
-        adapter = make_adapter(config, reporter, relay, lease)
+        adapter = make_adapter(config, reporter, relay, lease, readiness)
     except Exception as exc:  # e.g. the adapter module failed to import
         return exc
     halt = asyncio.Event()

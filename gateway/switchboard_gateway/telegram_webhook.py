@@ -28,6 +28,7 @@ the same. What differs:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hmac
 import json
@@ -45,6 +46,7 @@ from switchboard_contract import DeadLetterReason, ErrorCode, Field, WebhookFiel
 from switchboard_gateway import metrics
 from switchboard_gateway import telegram_protocol as proto
 from switchboard_gateway.adapter import AdapterError, BackendError, FatalAdapterError, State
+from switchboard_gateway.health import Readiness
 from switchboard_gateway.redact import platform_text
 from switchboard_gateway.telegram import (
     ALLOWED_UPDATES,
@@ -73,8 +75,9 @@ class TelegramWebhookAdapter(TelegramAdapter):
     """One bot, webhook delivery. Constructed as every adapter is: (config, sink, relay)."""
 
     def __init__(self, *args: Any, wall: Callable[[], float] = time.time,
-                 **kwargs: Any) -> None:
+                 readiness: Readiness | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.readiness = readiness
         assert self.config.webhook_url is not None
         assert self.config.webhook_secret_token is not None
         self.url = self.config.webhook_url
@@ -104,6 +107,14 @@ class TelegramWebhookAdapter(TelegramAdapter):
         assert isinstance(server, asyncio.Server)
         self.port = int(server.sockets[0].getsockname()[1])
         log.info("webhook served on :%d%s", self.port, webhook_path(self.url))
+        if self.readiness is None:
+            return
+        # Ready now, so the Service gets this pod as its endpoint; the webhook is set once the
+        # kubelet has seen that (Telegram posts the pending updates at once), bounded.
+        self.readiness.serving = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.webhook_ready_wait):
+                await self.readiness.seen.wait()
 
     async def _on_request(self, request: web.Request) -> web.Response:
         if request.method != "POST":

@@ -3,7 +3,9 @@ webhook (secret header, redelivery on failure), status in a real PlatformConnect
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 from test_telegram_gateway import StartGateway, metric, telegram_env
@@ -39,6 +41,7 @@ def webhook_env(pconn: PConn, fake: FakeTelegram, backend: EchoBackend | None, p
         "SWITCHBOARD_WEBHOOK_MAX_CONNECTIONS": "7",
         "SWITCHBOARD_WEBHOOK_SECRET_TOKEN": SECRET,
         "SWITCHBOARD_WEBHOOK_INFO_INTERVAL": "0.5",
+        "SWITCHBOARD_WEBHOOK_READY_WAIT": "0",  # no kubelet probes these processes
         **extra})
 
 
@@ -78,6 +81,29 @@ async def test_a_webhook_connection_connects_answers_and_shows_telegrams_view(
     assert_secret_kept(gw, pconn)
     assert await gw.terminate() == 0
     assert fake.webhook.active  # left set: Telegram holds updates for the next pod
+
+
+async def test_the_webhook_is_set_once_the_kubelet_saw_the_pod_ready(
+        pconn: PConn, hook_fake: FakeTelegram, backend: EchoBackend,
+        gateway: StartGateway) -> None:
+    """The Service sends traffic only to Ready pods, and Telegram posts the pending updates as
+    soon as the webhook is set: a gateway serving its webhook is Ready before it is connected,
+    and sets the webhook only after /readyz answered so (here the test plays the kubelet).
+    Before, every start met "Connection refused" first and showed retrying."""
+    fake = hook_fake
+    gw = gateway(webhook_env(pconn, fake, backend, free_port(),
+                             SWITCHBOARD_WEBHOOK_READY_WAIT="60"))
+    await gw.wait_serving()
+    await pconn.wait_state("connecting")
+    probed = None
+    while probed is None:  # the kubelet's readiness probe, every 0.1 s until ready
+        status, _ = await gw.http_get(gw.health_url + "/readyz")
+        probed = time.monotonic() if status == 200 else await asyncio.sleep(0.1)
+    await fake.wait_until(lambda: fake.webhook.active, 10, "the webhook set after the probe")
+    (set_at,) = [c.at for c in fake.call_log if c.method == "setWebhook"]
+    assert set_at > probed
+    await pconn.wait_state("connected")
+    await gw.terminate()
 
 
 async def test_forged_requests_are_refused_and_counted(
