@@ -111,3 +111,22 @@ def test_service_account_token_gets_403_outside_its_role(namespace: str,
         with pytest.raises(ApiException) as err:
             forbidden()
         assert err.value.status == 403
+
+
+def test_a_new_cluster_in_a_used_workdir_starts_empty(tmp_path: pytest.TempPathFactory) -> None:
+    """Before: etcd's data stayed in the workdir, so `make cluster-up NODE=local` followed by
+    `make demo` (the real node) brought back the local node's Node object, and the scheduler
+    bound CoreDNS to it: the demo timed out waiting for CoreDNS."""
+    from pathlib import Path
+
+    from switchboard_testkit.cluster import running
+
+    workdir = Path(str(tmp_path)) / "reused"
+    with running(Cluster(workdir)) as first:
+        client.CoreV1Api(first.api_client()).create_namespace(
+            {"metadata": {"name": "from-the-first-cluster"}})
+    with running(Cluster(workdir)) as second:
+        names = {n.metadata.name for n in client.CoreV1Api(second.api_client())
+                 .list_namespace().items}
+        assert "from-the-first-cluster" not in names
+        assert "default" in names

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import ssl
 import subprocess
@@ -168,6 +169,10 @@ class ControlPlane:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self, timeout: float = 90.0) -> State:
+        # A fresh cluster: the data of an earlier one in this workdir (`make cluster-up
+        # NODE=local`, then `make demo` on the real node) would bring back its Node, and the
+        # scheduler bound CoreDNS to that NotReady node.
+        shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
         for d in (self.pki, self.logs, self.workdir / "etcd"):
             d.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
