@@ -105,7 +105,7 @@ class Cluster(ClusterClients):
             f"--crashloop-base={self.crashloop_base}",
         ], env=self.env())
         core = client.CoreV1Api(self.api_client())
-        wait_for(lambda: _node_ready(core), timeout, f"node {NODE_NAME} Ready")
+        wait_for(lambda: node_ready(core, NODE_NAME), timeout, f"node {NODE_NAME} Ready")
         self.timings = {**self.plane.timings, "local-node": time.monotonic() - t0}
         return state
 
@@ -116,6 +116,6 @@ class Cluster(ClusterClients):
         """Use a cluster an earlier process started (the demo run twice)."""
         self.plane.state = state
 
-def _node_ready(core: client.CoreV1Api) -> bool:
-    node = core.read_node(NODE_NAME)
+def node_ready(core: client.CoreV1Api, name: str) -> bool:
+    node = core.read_node(name)
     return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])

@@ -383,10 +383,15 @@ class ControlPlane:
         path.chmod(0o600)
 
 
+def stop_pids(pids: list[int]) -> None:
+    """Stop these processes, the last one first (they were started in this order)."""
+    for pid in reversed(pids):
+        stop_pid(pid)
+
+
 def stop_all(state: State) -> None:
     """Stop every recorded process, newest first, and forget them."""
-    for name in reversed(list(state.pids)):
-        stop_pid(state.pids[name])
+    stop_pids(list(state.pids.values()))
     state.pids.clear()
     state.save()
 

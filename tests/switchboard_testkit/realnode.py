@@ -29,13 +29,13 @@ from kubernetes import client
 
 from switchboard_testkit import certs, netns
 from switchboard_testkit.binaries import REPO, Binaries, NodeBinaries
-from switchboard_testkit.cluster import ClusterClients
+from switchboard_testkit.cluster import ClusterClients, node_ready
 from switchboard_testkit.controlplane import (
     ControlPlane,
     NodePlacement,
     State,
     pid_alive,
-    stop_all,
+    stop_pids,
     wait_for,
 )
 from switchboard_testkit.net import free_port
@@ -123,7 +123,7 @@ class RealNodeCluster(ClusterClients):
         t2 = time.monotonic()
         self._start_node(timeout)
         core = client.CoreV1Api(self.api_client())
-        wait_for(lambda: _node_ready(core), timeout, f"node {NODE_NAME} Ready")
+        wait_for(lambda: node_ready(core, NODE_NAME), timeout, f"node {NODE_NAME} Ready")
         self.timings["node"] = time.monotonic() - t2
         t3 = time.monotonic()
         self._start_coredns(timeout)
@@ -325,11 +325,6 @@ def _kubelet_config(work: Path, ca: Path, serving: certs.KeyPair,
     }
 
 
-def _node_ready(core: client.CoreV1Api) -> bool:
-    node = core.read_node(NODE_NAME)
-    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
-
-
 def stop(state: State | None) -> None:
     """Stop what `RealNodeCluster.start` recorded, then what is left in the node's namespace
     and cgroups (shims and containers are not our children), then remove the cgroups."""
@@ -338,10 +333,7 @@ def stop(state: State | None) -> None:
     netns_id = state.extra.get("netns")
     cgroup_root = state.extra.get("cgroup_root")
     holder = state.pids.get("node-namespaces")
-    members = [n for n in state.pids if n != "node-namespaces"]
-    partial = State(workdir=state.workdir, kubeconfig=state.kubeconfig, server=state.server,
-                    pids={n: state.pids[n] for n in members})
-    stop_all(partial)
+    stop_pids([pid for name, pid in state.pids.items() if name != "node-namespaces"])
     for _ in range(50):
         left = _pids_in(netns_id, cgroup_root)
         if not left:
@@ -351,8 +343,7 @@ def stop(state: State | None) -> None:
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)  # the kernel's reaping, between two SIGKILL rounds
     if holder is not None:
-        stop_all(State(workdir=state.workdir, kubeconfig=state.kubeconfig, server=state.server,
-                       pids={"node-namespaces": holder}))
+        stop_pids([holder])  # last: the namespaces die with it
     if cgroup_root:
         _remove_cgroups(cgroup_root)
     state.pids.clear()
