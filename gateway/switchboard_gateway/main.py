@@ -61,6 +61,10 @@ def make_adapter(config: GatewayConfig, sink: StatusSink, relay: Relay,
 
         return TelegramAdapter(config, sink, relay,
                                poll_window=None if lease is None else lease.poll_window)
+    if config.platform == "qqbot" and config.delivery == Delivery.WEBHOOK:
+        from switchboard_gateway.qqbot_webhook import QQBotWebhookAdapter
+
+        return QQBotWebhookAdapter(config, sink, relay, readiness=readiness)
     if config.platform == "qqbot":
         from switchboard_gateway.qqbot import QQBotAdapter
 

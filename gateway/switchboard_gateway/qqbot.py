@@ -631,10 +631,7 @@ class QQBotAdapter:
 
     async def _handle(self, message: ChatMessage, stop: asyncio.Event) -> bool:
         """Relay and reply; False if stopped before the backend took it (stays unhandled)."""
-        inbound = InboundMessage(
-            connection=self.settings.connection, platform=PLATFORM, chat_id=message.chat_id,
-            sender_id=message.sender_id, sender_name="", text=message.text,
-            message_id=message.message_id, time=_rfc3339(message.timestamp))
+        inbound = self._inbound(message)
         failures = 0
         while True:
             try:
@@ -668,6 +665,12 @@ class QQBotAdapter:
         if reply:
             await self._reply(message, reply)
         return True
+
+    def _inbound(self, message: ChatMessage) -> InboundMessage:
+        return InboundMessage(
+            connection=self.settings.connection, platform=PLATFORM, chat_id=message.chat_id,
+            sender_id=message.sender_id, sender_name="", text=message.text,
+            message_id=message.message_id, time=_rfc3339(message.timestamp))
 
     async def _reply(self, message: ChatMessage, text: str) -> None:
         assert self._http is not None and self._tokens is not None

@@ -336,7 +336,7 @@ class Controller:
         """A webhook connection's secret token: generated once, in a Secret the operator
         creates and owns (webhook_children.py). Never applied again: that would replace it."""
         assert self.kube is not None
-        if wh.settings(body.get("spec") or {}) is None:
+        if not wh.needs_token(body.get("spec") or {}):
             return
         name = wh.secret_name(key[1])
         if self.cache.secrets.get(key[0], name) is not None:
@@ -355,7 +355,7 @@ class Controller:
         ns = key[0]
         spec = body.get("spec") or {}
         ref = sec.reference(spec)
-        used = [r for r in (ref, wh.token_ref(key[1]) if wh.settings(spec) else None) if r]
+        used = [r for r in (ref, wh.token_ref(key[1]) if wh.needs_token(spec) else None) if r]
         self.cache.secrets.refer(key, *(r.name for r in used))
         if ref is None:
             missing = sec.missing(None, None)

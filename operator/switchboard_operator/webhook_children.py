@@ -132,11 +132,20 @@ def env(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     hook = settings(body.get("spec") or {})
     if hook is None:
         return []
-    ref = token_ref(body["metadata"]["name"])
-    return [
+    env: list[dict[str, Any]] = [
         {"name": "SWITCHBOARD_DELIVERY", "value": str(Delivery.WEBHOOK)},
         {"name": "SWITCHBOARD_WEBHOOK_URL", "value": hook.url},
         {"name": "SWITCHBOARD_WEBHOOK_PORT", "value": str(CONTAINER_PORT)},
-        {"name": "SWITCHBOARD_WEBHOOK_MAX_CONNECTIONS", "value": str(hook.max_connections)},
-        {"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": TOKEN_KEY}}},
     ]
+    if needs_token(body.get("spec") or {}):
+        ref = token_ref(body["metadata"]["name"])
+        env += [{"name": "SWITCHBOARD_WEBHOOK_MAX_CONNECTIONS",
+                 "value": str(hook.max_connections)},
+                {"name": TOKEN_ENV,
+                 "valueFrom": {"secretKeyRef": {"name": ref.name, "key": TOKEN_KEY}}}]
+    return env
+
+
+def needs_token(spec: Mapping[str, Any]) -> bool:
+    """Telegram webhooks carry our secret token; QQ signs its callbacks with the bot secret."""
+    return settings(spec) is not None and spec.get("platform") == "telegram"

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 
+from switchboard_testkit.fake_qq_callback import CallbackPusher
 from switchboard_testkit.fake_telegram import FakeServer, serve_cli
 
 # Opcodes of the QQ Bot gateway.
@@ -154,6 +155,9 @@ class FakeQQ(FakeServer[SentMessage]):
         # (session_id, seq) of every Resume received, accepted or not (never the token).
         self.resume_requests: list[tuple[Any, Any]] = []
         self.current_session_id: str | None = None
+        # HTTP callbacks (fake_qq_callback.py): once a URL is configured, events go there.
+        self.callbacks = CallbackPusher(app_id=app_id, bot_secret=client_secret,
+                                        changed=self._bump, node_holder=node_holder)
 
     @property
     def base_url(self) -> str:
@@ -230,6 +234,11 @@ class FakeQQ(FakeServer[SentMessage]):
 
         Sessions without a live connection buffer it for Resume. Returns how many sessions got it.
         """
+        if self.callbacks.active:
+            self.callbacks.push({"op": OP_DISPATCH, "id": f"{event_type}:{uuid.uuid4()}",
+                                 "t": event_type, "d": d})
+            self._bump()
+            return 1
         delivered = 0
         for session in self._resumable_sessions():
             if intent is not None and not session.intents & intent:
@@ -345,6 +354,9 @@ class FakeQQ(FakeServer[SentMessage]):
             "drop_quickly": self.drop_quickly,
             "expire_tokens": self.expire_tokens,
             "clear_faults": self.clear_faults,
+            "route_callback": self.callbacks.route,
+            "configure_callback": self.callbacks.configure,
+            "post_callback": self.callbacks.post,
         }
 
     def _state(self) -> dict[str, Any]:
@@ -361,9 +373,13 @@ class FakeQQ(FakeServer[SentMessage]):
                 for s in self._sessions
             ],
             "sent": len(self.sent_messages),
+            "callback": {"url": self.callbacks.url, "validation": self.callbacks.validation,
+                         "queued": len(self.callbacks.queue),
+                         "pushes": list(self.callbacks.pushes)},
         }
 
     async def _before_stop(self) -> None:
+        await self.callbacks.stop()
         for conn in list(self._conns):
             if conn.deaf and conn.transport is not None:
                 conn.transport.abort()  # a dead peer would never finish a close handshake

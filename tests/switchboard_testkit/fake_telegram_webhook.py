@@ -16,15 +16,15 @@ max_connections at once); retries after 0.5, 1, 2, 4 s, then every 4 s (Telegram
 are longer and undocumented), and never given up (Telegram gives up "after a reasonable amount
 of attempts", which a test could not wait for).
 
-The URL's host is resolved through ``route(host, "ip:port")`` (the public DNS and load
-balancer of a real deployment); on the real node the pushes start inside the node's network
-namespace (the fake's platform listener is there too), where the gateway's Service is.
+The URL's host is resolved through ``route(host, "ip:port")`` (RoutedClient below, shared with
+the fake QQ's callbacks).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import socket
 import time
@@ -77,16 +77,15 @@ class WebhookPusher:
         self._pending = pending
         self._confirm = confirm
         self._changed = changed
-        self._node_holder = node_holder
+        self.client = RoutedClient(node_holder)
+        self.routes = self.client.routes  # host -> "ip:port"
         self.allow_http = allow_http
         self.settings: WebhookSettings | None = None
-        self.routes: dict[str, str] = {}  # host -> "ip:port"
         self.last_error_date: int | None = None
         self.last_error_message: str | None = None
         self.deliveries: deque[Delivery] = deque(maxlen=10_000)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
 
     # ------------------------------------------------------------------ Bot API side
 
@@ -167,8 +166,7 @@ class WebhookPusher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._session is not None:
-            await self._session.close()
+        await self.client.close()
 
     async def _run(self) -> None:
         failures = 0
@@ -202,33 +200,55 @@ class WebhookPusher:
 
     async def _post(self, url: str, body: dict[str, Any],
                     secret_token: str | None) -> tuple[int | None, str | None]:
+        headers = {"Content-Type": "application/json"}
+        if secret_token is not None:
+            headers[SECRET_HEADER] = secret_token
+        status, _, error = await self.client.post(url, json.dumps(body).encode(), headers)
+        return status, error
+
+
+class RoutedClient:
+    """The platform's side of a push: ``routes`` resolve a URL's host ("ip:port", the public
+    DNS and load balancer of a real deployment); on the real node the sockets are made inside
+    the node's network namespace (a socket keeps the namespace it was created in; aiohttp
+    takes a socket factory), where the gateways' Services are."""
+
+    def __init__(self, node_holder: int | None = None) -> None:
+        self._node_holder = node_holder
+        self.routes: dict[str, str] = {}  # host -> "ip:port"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def post(self, url: str, data: bytes, headers: dict[str, str]
+                   ) -> tuple[int | None, str, str | None]:
+        """(HTTP status, body, None) or (None, "", the error as the platform words it)."""
         parts = urlsplit(url)
         address = self.routes.get((parts.hostname or "").lower())
         if address is None:
-            return None, "Failed to resolve host: Name or service not known"
-        target = urlunsplit(("http" if parts.scheme == "http" else "https", address,
-                             parts.path or "/", parts.query, ""))
-        headers = {"Host": parts.netloc, "Content-Type": "application/json"}
-        if secret_token is not None:
-            headers[SECRET_HEADER] = secret_token
+            return None, "", "Failed to resolve host: Name or service not known"
+        # The route plays the load balancer or Ingress that terminates TLS: it forwards plain
+        # HTTP to the address, with the URL's host in the Host header.
+        target = urlunsplit(("http", address, parts.path or "/", parts.query, ""))
         try:
-            async with self._client().post(target, json=body, headers=headers,
+            async with self._client().post(target, data=data,
+                                           headers={"Host": parts.netloc, **headers},
                                            timeout=aiohttp.ClientTimeout(
                                                total=DELIVERY_TIMEOUT)) as response:
-                await response.read()
-                return response.status, None
+                return response.status, await response.text(), None
         except TimeoutError:
-            return None, "Read timeout expired"
+            return None, "", "Read timeout expired"
         except aiohttp.ClientConnectorError as exc:
             refused = isinstance(exc.os_error, ConnectionRefusedError)
-            return None, "Connection refused" if refused else f"Connection failed: {exc}"
+            return None, "", "Connection refused" if refused else f"Connection failed: {exc}"
         except aiohttp.ClientError as exc:
-            return None, f"Connection failed: {exc}"
+            return None, "", f"Connection failed: {exc}"
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            # On the real node the socket must be made inside the node's network namespace
-            # (a socket keeps the namespace it was created in); aiohttp takes a factory.
             holder = self._node_holder
 
             def make_socket(addr_info: Any) -> socket.socket:
