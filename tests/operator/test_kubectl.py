@@ -58,8 +58,9 @@ def test_printer_columns_and_kubectl_wait(kit: Kit, operator: Operator) -> None:
         assert row.split()[:6] == ["shown", "telegram", "retrying", "3/10", "0", "False"]
         wide = kit.cluster.kubectl("get", "pconn", "-n", kit.ns, "-o", "wide").stdout
         header, row = wide.splitlines()[:2]
-        assert header.split()[-3:] == ["CIRCUIT", "REASON", "ERROR"]
-        assert "closed" in row and "Retrying" in row and "connection refused" in row
+        assert header.split()[-4:] == ["DELIVERY", "CIRCUIT", "REASON", "ERROR"]
+        assert "polling" in row and "closed" in row and "Retrying" in row
+        assert "connection refused" in row
 
         kit.report(gw, "shown", "connected", pod=pod)
         out, err = waiter.communicate(timeout=60)

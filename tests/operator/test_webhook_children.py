@@ -119,8 +119,10 @@ def test_back_to_polling_removes_the_service_and_ingress_and_keeps_the_token(
     wait_for(lambda: read(kit.core.read_namespaced_service, "back-gateway", kit.ns) is None,
              15, "the Service removed")
     assert read(net(kit).read_namespaced_ingress, "back-gateway", kit.ns) is None
-    env = {e.name for e in template(kit, "back").spec.containers[0].env}
-    assert not {n for n in env if n.startswith("SWITCHBOARD_WEBHOOK")}
+    # The Deployment is applied after the webhook children are removed: wait for it.
+    wait_for(lambda: not {e.name for e in template(kit, "back").spec.containers[0].env
+                          if e.name.startswith("SWITCHBOARD_WEBHOOK")}, 15,
+             "the gateway without its webhook settings")
     assert token(kit, "back") == first  # kept (garbage-collected with the connection)
 
 
@@ -137,3 +139,21 @@ def test_the_policy_refuses_a_webhook_host_or_an_annotation_it_does_not_allow(
     assert "server-snippet" in snippet["message"]
     for name in ("plain", "snippet"):
         assert read(kit.core.read_namespaced_service, f"{name}-gateway", kit.ns) is None
+
+
+def test_a_qq_callback_connection_gets_its_service_but_no_token_secret(
+        kit: Kit, operator: Operator) -> None:
+    """QQ signs its callbacks with the bot secret: no secret token to make or mount."""
+    kit.core.create_namespaced_secret(kit.ns, secret("qq", appId="1020",
+                                                     clientSecret="qq-client-secret"))
+    body = telegram_conn("qq-hooked", delivery=webhook())
+    body["spec"].pop("telegram")
+    body["spec"].update(platform="qqbot", qqbot={"credentialsSecretRef": {"name": "qq"}})
+    kit.create(body)
+    wait_for(lambda: kit.status("qq-hooked").get("observedGeneration") == 1, 30, "reconciled")
+    assert read(kit.core.read_namespaced_service, "qq-hooked-gateway", kit.ns) is not None
+    assert token(kit, "qq-hooked") is None
+    env = {e.name: e for e in template(kit, "qq-hooked").spec.containers[0].env}
+    assert env["SWITCHBOARD_DELIVERY"].value == "webhook"
+    assert "SWITCHBOARD_WEBHOOK_SECRET_TOKEN" not in env
+    assert kit.ready("qq-hooked") is None or kit.ready("qq-hooked")["reason"] != "SecretMissing"

@@ -26,13 +26,14 @@ def webhook_delivery(**extra: Any) -> dict[str, Any]:
     return {"mode": "webhook", "webhook": {"url": URL, **extra}}
 
 
-def route_to_service(real: RealNodeCluster, ns: str, fake: Fake) -> dict[str, Any]:
+def route_to_service(real: RealNodeCluster, ns: str, fake: Fake,
+                     action: str = "route_webhook") -> dict[str, Any]:
     """The public host resolves to the gateway's Service (as a load balancer would)."""
     service = wait_for(lambda: get(real, ns, "service", "bot-gateway"), 60,
                        "the webhook Service")
     assert isinstance(service, dict)
-    fake.call("route_webhook", {"host": WEBHOOK_TEST_HOST,
-                                "address": f"{service['spec']['clusterIP']}:80"})
+    fake.call(action, {"host": WEBHOOK_TEST_HOST,
+                       "address": f"{service['spec']['clusterIP']}:80"})
     return service
 
 
@@ -137,3 +138,48 @@ def test_switching_a_connection_between_polling_and_webhook_loses_nothing(
     sent = fake.call("sent", method="GET")["result"]
     assert sorted(m["chat_id"] for m in sent) == [11, 12, 13]  # each answered once
     assert status["state"] == "connected"
+
+
+QQ_APP_ID, QQ_SECRET = "102000777", "real-node-qq-client-secret"
+QQ_URL = f"https://{WEBHOOK_TEST_HOST}/qq/bot"
+
+
+def test_qq_callbacks_through_the_service_end_to_end(real: RealNodeCluster, chart: str,
+                                                      ns: str) -> None:
+    """The callback URL saved in QQ's console (the fake's configure_callback) is validated by
+    the gateway's op 13 answer through the Service, then signed events arrive and are
+    answered; a forged one is refused. The route plays the Ingress that terminates TLS."""
+    fake = Fake(real, "fake_qq", f"--app-id={QQ_APP_ID}", f"--client-secret={QQ_SECRET}")
+    try:
+        real.kubectl("-n", ns, "create", "secret", "generic", "qq",
+                     f"--from-literal=appId={QQ_APP_ID}",
+                     f"--from-literal=clientSecret={QQ_SECRET}")
+        real.kubectl("-n", ns, "label", "secret", "qq", "switchboard.dev/credentials=true")
+        pc = {"apiVersion": "switchboard.dev/v1alpha1", "kind": "PlatformConnection",
+              "metadata": {"name": "bot", "namespace": ns},
+              "spec": {"platform": "qqbot", "apiBaseURL": fake.base,
+                       "qqbot": {"credentialsSecretRef": {"name": "qq"}},
+                       "backend": {"echo": True},
+                       "delivery": {"mode": "webhook", "webhook": {"url": QQ_URL}}}}
+        real.kubectl("apply", "-f", "-", input=json.dumps(pc))
+        wait_status(real, ns, "bot", lambda s: s.get("state") == "connected", 120,
+                    "connected (serving callbacks, credentials accepted)")
+        service = route_to_service(real, ns, fake, action="route_callback")
+        assert service["spec"]["ports"][0]["targetPort"] == "webhook"
+        validated = fake.call("configure_callback", {"url": QQ_URL})["result"]
+        assert validated["validated"], validated
+        fake.call("inject_message", {"openid": "user-1", "content": "hello by callback"})
+        sent = fake.call("wait_for_sent", {"timeout": 30, "contains": "hello by callback"})
+        assert "echo: hello by callback" in json.dumps(sent)
+        forged = {"op": 0, "id": "x", "t": "C2C_MESSAGE_CREATE", "d": {
+            "author": {"user_openid": "u"}, "content": "forged", "id": "m1",
+            "timestamp": "2026-12-03T12:00:00+08:00"}}
+        answer = fake.call("post_callback", {"payload": forged, "signature": "00" * 64})
+        assert answer["result"] == 401
+        wait_status(real, ns, "bot",
+                    lambda s: (s.get("webhook") or {}).get("refusedRequests") == 1, 30,
+                    "the refusal in status")
+        logs = real.kubectl("-n", ns, "logs", "deployment/bot-gateway").stdout
+        assert QQ_SECRET not in logs
+    finally:
+        fake.stop()
