@@ -472,3 +472,18 @@ async def test_cli_prints_ready_and_stops_on_sigterm(http: aiohttp.ClientSession
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_the_fakes_callback_signatures_are_the_qq_docs_own() -> None:
+    """The fake signs as QQ does: the docs' example secret, body and timestamp give the docs'
+    signature (sign.md), and its op 13 example (event-emit.md) too."""
+    from switchboard_testkit.fake_qq_callback import platform_key
+
+    key = platform_key("naOC0ocQE3shWLAfffVLB1rhYPG7")
+    body = b'{\n  "op": 0,\n  "d": {},\n  "t": "GATEWAY_EVENT_NAME"\n}'
+    assert key.sign(b"1725442341" + body).hex() == (
+        "865ad13a61752ca65e26bde6676459cd36cf1be609375b37bd62af366e1dc25a"
+        "8dc789ba7f14e017ada3d554c671a911bfdf075ba54835b23391d509579ed002")
+    assert platform_key("DG5g3B4j9X2KOErG").sign(b"1725442341Arq0D5A61EgUu4OxUvOp").hex() == (
+        "87befc99c42c651b3aac0278e71ada338433ae26fcb24307bdc5ad38c1adc2d0"
+        "1bcfcadc0842edac85e85205028a1132afe09280305f13aa6909ffc2d652c706")
