@@ -27,13 +27,12 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
 from switchboard_contract import ErrorCode, Field, WebhookField, WebhookRefusal
-from switchboard_gateway import metrics
+from switchboard_gateway import metrics, webhook_server
 from switchboard_gateway import qqbot_callback as cb
 from switchboard_gateway.adapter import AdapterError, BackendError, FatalAdapterError, State
 from switchboard_gateway.config import GatewayConfig
@@ -44,7 +43,6 @@ from switchboard_gateway.qqbot_protocol import ChatMessage, backoff_delay, parse
 log = logging.getLogger("switchboard.qqbot.webhook")
 
 TOKEN_RECHECK = 60.0  # how often the token is looked at (refreshed when due)
-MAX_BODY = 1 << 20
 _REFUSALS = {cb.Refusal.UNSIGNED: WebhookRefusal.SIGNATURE,
              cb.Refusal.BAD_SIGNATURE: WebhookRefusal.SIGNATURE,
              cb.Refusal.STALE: WebhookRefusal.STALE}
@@ -118,17 +116,11 @@ class QQBotWebhookAdapter(QQBotAdapter):
     # ------------------------------------------------------------------ the callback server
 
     async def _serve(self) -> None:
-        app = web.Application(client_max_size=MAX_BODY)
-        app.router.add_route("*", urlsplit(self.url).path or "/", self._on_request)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.bind_address, self.config.webhook_port,
-                           reuse_address=True)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self.port = int(server.sockets[0].getsockname()[1])
-        log.info("QQ Bot callbacks served on :%d%s", self.port, urlsplit(self.url).path)
+        self._runner, self.port = await webhook_server.serve(
+            self._on_request, url=self.url, host=self.config.bind_address,
+            port=self.config.webhook_port)
+        log.info("QQ Bot callbacks served on :%d%s", self.port,
+                 webhook_server.path_of(self.url))
         if self.readiness is not None:
             self.readiness.serving = True  # the Service may send callbacks from now on
 

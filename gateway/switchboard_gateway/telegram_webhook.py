@@ -37,13 +37,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from telegram import Update
 
 from switchboard_contract import DeadLetterReason, ErrorCode, Field, WebhookField, WebhookRefusal
-from switchboard_gateway import metrics
+from switchboard_gateway import metrics, webhook_server
 from switchboard_gateway import telegram_protocol as proto
 from switchboard_gateway.adapter import AdapterError, BackendError, FatalAdapterError, State
 from switchboard_gateway.health import Readiness
@@ -68,7 +67,6 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 WEBHOOK_FAILING = ErrorCode.TELEGRAM_WEBHOOK_FAILING
 WEBHOOK_REFUSED = ErrorCode.TELEGRAM_WEBHOOK_REFUSED
 BACKEND_ERROR = ErrorCode.BACKEND_ERROR
-MAX_BODY = 1 << 20  # an Update is a few KiB; Telegram's largest are far below 1 MiB
 
 
 class TelegramWebhookAdapter(TelegramAdapter):
@@ -96,17 +94,10 @@ class TelegramWebhookAdapter(TelegramAdapter):
     # ------------------------------------------------------------------ the webhook server
 
     async def _serve(self) -> None:
-        app = web.Application(client_max_size=MAX_BODY)
-        app.router.add_route("*", webhook_path(self.url), self._on_request)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.bind_address, self.config.webhook_port,
-                           reuse_address=True)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self.port = int(server.sockets[0].getsockname()[1])
-        log.info("webhook served on :%d%s", self.port, webhook_path(self.url))
+        self._runner, self.port = await webhook_server.serve(
+            self._on_request, url=self.url, host=self.config.bind_address,
+            port=self.config.webhook_port)
+        log.info("webhook served on :%d%s", self.port, webhook_server.path_of(self.url))
         if self.readiness is None:
             return
         # Ready now, so the Service gets this pod as its endpoint; the webhook is set once the
@@ -323,12 +314,6 @@ class TelegramWebhookAdapter(TelegramAdapter):
             await self.bot.shutdown()
         except Exception as exc:
             log.debug("closing the Bot API session: %s", exc)
-
-
-def webhook_path(url: str) -> str:
-    """The path of the webhook URL the gateway serves (the Ingress or the user's routing
-    keeps it; only the host changes on the way)."""
-    return urlsplit(url).path or "/"
 
 
 def _unix(value: Any) -> int | None:

@@ -16,7 +16,6 @@ The keys are made with ``cryptography`` here too, independently of the gateway's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import time
@@ -28,7 +27,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from switchboard_testkit.fake_telegram_webhook import RETRY_PAUSES, RoutedClient
+from switchboard_testkit.fake_telegram_webhook import RETRY_PAUSES, Pusher, RoutedClient
 
 
 def platform_key(bot_secret: str) -> Ed25519PrivateKey:
@@ -48,7 +47,7 @@ class Callback:
     at: float = field(default_factory=time.time)
 
 
-class CallbackPusher:
+class CallbackPusher(Pusher):
     def __init__(self, *, app_id: str, bot_secret: str, changed: Callable[[], None],
                  node_holder: int | None = None) -> None:
         self.app_id = app_id
@@ -113,19 +112,6 @@ class CallbackPusher:
             headers["X-Signature-Ed25519"] = signature
         status, _, error = await self.client.post(self.url, body, headers)
         return status if status is not None else str(error)
-
-    def kick(self) -> None:
-        self._wake.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(),
-                                                                name="fake-qq-callbacks")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.client.close()
 
     async def _run(self) -> None:
         failures = 0

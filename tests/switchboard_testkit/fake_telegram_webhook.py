@@ -68,7 +68,32 @@ class WebhookSettings:
     allowed_updates: list[str] | None
 
 
-class WebhookPusher:
+class Pusher:
+    """A platform's push loop: ``_run`` (the subclass's) runs while there is work, woken by
+    ``kick``; ``stop`` ends it and closes the client."""
+
+    client: RoutedClient
+    _wake: asyncio.Event
+    _task: asyncio.Task[None] | None = None
+
+    def kick(self) -> None:
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"fake-{type(self).__name__}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.client.close()
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class WebhookPusher(Pusher):
     """Holds the webhook of one fake bot and pushes its pending updates to it."""
 
     def __init__(self, *, pending: Callable[[], list[dict[str, Any]]],
@@ -154,19 +179,6 @@ class WebhookPusher:
         return status if status is not None else str(error)
 
     # ------------------------------------------------------------------ pushing
-
-    def kick(self) -> None:
-        self._wake.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(),
-                                                                name="fake-webhook-push")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.client.close()
 
     async def _run(self) -> None:
         failures = 0
