@@ -289,11 +289,8 @@ class QQBotAdapter:
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
-        s = self.settings
         self._stop = stop
-        self._http = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=s.request_timeout), trust_env=True)
-        self._tokens = _Tokens(s, self._http)
+        self._http = self._open_http()
         # Set when stop is, or when a supervised task dies: every wait of the connection loop
         # ends on it, so a dead worker or heartbeat is reported at once, never left silent.
         halt = self._halt = asyncio.Event()
@@ -321,6 +318,13 @@ class QQBotAdapter:
                 with contextlib.suppress(Exception):
                     await self._report_task
             await self._http.close()
+
+    def _open_http(self) -> aiohttp.ClientSession:
+        """The REST session (token, replies) and the token cache on it."""
+        http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout), trust_env=True)
+        self._tokens = _Tokens(self.settings, http)
+        return http
 
     async def _after_disconnect(self, outcome: _Outcome, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()

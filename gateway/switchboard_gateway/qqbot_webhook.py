@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from switchboard_contract import ErrorCode, Field, WebhookField, WebhookRefusal
@@ -37,7 +36,7 @@ from switchboard_gateway import qqbot_callback as cb
 from switchboard_gateway.adapter import AdapterError, BackendError, FatalAdapterError, State
 from switchboard_gateway.config import GatewayConfig
 from switchboard_gateway.health import Readiness
-from switchboard_gateway.qqbot import PLATFORM, QQBotAdapter, _describe, _Failure, _Tokens
+from switchboard_gateway.qqbot import PLATFORM, QQBotAdapter, _describe, _Failure
 from switchboard_gateway.qqbot_protocol import ChatMessage, backoff_delay, parse_message
 
 log = logging.getLogger("switchboard.qqbot.webhook")
@@ -69,9 +68,9 @@ class QQBotWebhookAdapter(QQBotAdapter):
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         self._stop = stop
-        self._http = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=s.request_timeout), trust_env=True)
-        self._tokens = _Tokens(s, self._http)
+        self._http = self._open_http()
+        tokens = self._tokens
+        assert tokens is not None
         self._publish()
         try:
             await self._report(State.CONNECTING)
@@ -79,7 +78,7 @@ class QQBotWebhookAdapter(QQBotAdapter):
             attempt = 0
             while not stop.is_set():
                 try:
-                    await self._tokens.get()
+                    await tokens.get()
                 except _Failure as exc:
                     attempt += 1
                     if attempt > s.max_attempts:
