@@ -386,3 +386,26 @@ def test_status_bounds_and_cleans_an_error_message_however_it_was_made() -> None
     message = status["lastError"]["message"]
     assert message.startswith("upstream") and message.isprintable()
     assert len(message) <= redact.MAX_PLATFORM_TEXT and "s3cret-token-value" not in message
+
+
+def test_webhook_settings_name_what_is_missing_and_qq_needs_no_secret_token() -> None:
+    base = {"SWITCHBOARD_CONNECTION": "c", "SWITCHBOARD_NAMESPACE": "ns",
+            "SWITCHBOARD_BACKEND_ECHO": "true", "SWITCHBOARD_DELIVERY": "webhook"}
+    telegram = {**base, "SWITCHBOARD_PLATFORM": "telegram",
+                "SWITCHBOARD_TELEGRAM_TOKEN": "1:abc"}
+    with pytest.raises(ConfigError) as missing:
+        GatewayConfig.from_env(telegram)
+    assert "SWITCHBOARD_WEBHOOK_URL is required" in str(missing.value)
+    assert "SWITCHBOARD_WEBHOOK_SECRET_TOKEN is required" in str(missing.value)
+    with pytest.raises(ConfigError, match="A-Z, a-z, 0-9"):
+        GatewayConfig.from_env({**telegram, "SWITCHBOARD_WEBHOOK_URL": "https://h/x",
+                                "SWITCHBOARD_WEBHOOK_SECRET_TOKEN": "has spaces in it"})
+    ok = GatewayConfig.from_env({**telegram, "SWITCHBOARD_WEBHOOK_URL": "https://h/x",
+                                 "SWITCHBOARD_WEBHOOK_SECRET_TOKEN": "tok_en-1"})
+    assert ok.delivery == "webhook" and "tok_en-1" not in repr(ok)
+    qq = GatewayConfig.from_env({**base, "SWITCHBOARD_PLATFORM": "qqbot",
+                                 "SWITCHBOARD_QQ_APP_ID": "1", "SWITCHBOARD_QQ_CLIENT_SECRET": "s",
+                                 "SWITCHBOARD_WEBHOOK_URL": "https://h/qq"})
+    assert qq.webhook_secret_token is None and qq.webhook_url == "https://h/qq"
+    with pytest.raises(ConfigError, match="SWITCHBOARD_DELIVERY must be one of"):
+        GatewayConfig.from_env({**telegram, "SWITCHBOARD_DELIVERY": "push"})
