@@ -6,7 +6,7 @@ polling the same fake directly; and status writes on a link that flaps every sec
 Starts a real control plane (etcd + kube-apiserver, as the tests do), a PlatformConnection with
 the gateway's least-privilege credentials, the fake Bot API in this process, the echo backend
 (``python -m switchboard_gateway.backend``) and the gateway (``switchboard-gateway``) as
-processes. Figures:
+processes; then the same gateway with webhook delivery (the fake pushes). Figures:
 - latency: one message at a time, from injecting the update into the fake until the fake received
   the reply (sendMessage); p50/p99 for the gateway (poll -> backend HTTP -> sendMessage) and for a
   plain PTB Application echoing in-process; "added" is the difference;
@@ -97,6 +97,7 @@ async def run(args: argparse.Namespace) -> None:
         least_privilege_kubeconfig,
         pconn_spec,
     )
+    from switchboard_testkit.net import free_port
 
     workdir = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
     cluster = Cluster(workdir / "cluster")
@@ -124,7 +125,7 @@ async def run(args: argparse.Namespace) -> None:
         assert backend_proc.stdout is not None
         backend_url = (await backend_proc.stdout.readline()).decode().split()[1]
 
-        async with FakeTelegram(TOKEN) as fake:
+        async with FakeTelegram(TOKEN, allow_http_webhooks=True) as fake:
             env = pconn.env(SWITCHBOARD_API_BASE_URL=fake.base_url,
                             SWITCHBOARD_TELEGRAM_TOKEN=TOKEN,
                             SWITCHBOARD_BACKEND_URL=backend_url,
@@ -146,6 +147,21 @@ async def run(args: argparse.Namespace) -> None:
             finally:
                 ptb.terminate()
                 await asyncio.wait_for(ptb.wait(), 10)
+
+            # The same gateway with webhook delivery: the fake posts each update to it.
+            hook_port = free_port()
+            fake.webhook.route("bench.example.test", f"127.0.0.1:{hook_port}")
+            hook = GatewayProcess({
+                **env, "SWITCHBOARD_POD_NAME": "gw-hook", "SWITCHBOARD_DELIVERY": "webhook",
+                "SWITCHBOARD_WEBHOOK_URL": "http://bench.example.test/hook",
+                "SWITCHBOARD_WEBHOOK_PORT": str(hook_port),
+                "SWITCHBOARD_WEBHOOK_SECRET_TOKEN": "bench-secret-token",
+                "SWITCHBOARD_WEBHOOK_READY_WAIT": "0"}, workdir / "gateway-webhook.log")
+            await hook.wait_serving()
+            await fake.wait_until(lambda: fake.webhook.active, 20, "webhook set")
+            hook_lat, hook_rate = await measure(fake, args.messages, args.burst)
+            hook_peak = peak_rss(hook.proc.pid)
+            await hook.terminate()
 
             flap = await flapping(fake, pconn, env, workdir, args.flap_seconds, GatewayProcess)
         pconn.stop_watch()
@@ -170,13 +186,16 @@ async def run(args: argparse.Namespace) -> None:
     print(f"  added by the gateway:                         p50 "
           f"{(percentile(gw_lat, .5) - percentile(ptb_lat, .5))*ms:+6.2f} ms"
           f"  p99 {(percentile(gw_lat, .99) - percentile(ptb_lat, .99))*ms:+6.2f} ms")
+    print(f"  gateway by webhook (push -> backend -> send): {figures(hook_lat)}")
+    print(f"  webhook / polling p50: {percentile(hook_lat, .5) / percentile(gw_lat, .5):4.2f}")
     print(f"throughput, burst of {args.burst} queued messages")
-    print(f"  gateway {gw_rate:7.1f} msg/s    PTB {ptb_rate:7.1f} msg/s")
+    print(f"  gateway {gw_rate:7.1f} msg/s    PTB {ptb_rate:7.1f} msg/s    "
+          f"gateway by webhook {hook_rate:7.1f} msg/s (the fake pushes one at a time)")
     request, limit = (_mib(DEFAULT_GATEWAY_RESOURCES["requests"]["memory"]),
                       _mib(DEFAULT_GATEWAY_RESOURCES["limits"]["memory"]))
     print("peak memory (VmHWM) after the burst")
     print(f"  gateway {gw_peak:6.1f} MiB    PTB Application {ptb_peak:6.1f} MiB"
-          f"    ratio {gw_peak / ptb_peak:4.2f}")
+          f"    ratio {gw_peak / ptb_peak:4.2f}    gateway by webhook {hook_peak:6.1f} MiB")
     print(f"  default gateway request {request:.0f} MiB = {request / gw_peak:4.2f}x the peak, "
           f"limit {limit:.0f} MiB = {limit / gw_peak:4.2f}x")
     print(f"flapping link ({args.flap_seconds:.0f} s, refused 0.3 s every second)")
