@@ -86,6 +86,7 @@ class TelegramWebhookAdapter(TelegramAdapter):
         self._last_ok: float | None = None  # when it last answered a delivery 2xx
         self._last_refused: float | None = None  # ... or 503 on purpose
         self._done: OrderedDict[int, None] = OrderedDict()  # update ids answered 200
+        self._inflight: dict[int, asyncio.Task[bool]] = {}  # update id -> its first attempt
         self._refused = 0
         self._backend_failing = False  # the last delivery failed at the backend
         self._runner: web.AppRunner | None = None
@@ -120,12 +121,7 @@ class TelegramWebhookAdapter(TelegramAdapter):
             return self._refuse(WebhookRefusal.MALFORMED, 400)
         if update is None:
             return self._refuse(WebhookRefusal.MALFORMED, 400)
-        try:
-            answered = await self._answer(update)
-        except FatalAdapterError as exc:  # the token was revoked while replying
-            self._interrupt(exc)
-            answered = False
-        if not answered:
+        if not await self._answer_once(update):
             self._last_refused = self.wall()
             metrics.WEBHOOK_DELIVERIES.labels(PLATFORM, "retry").inc()
             return web.Response(status=503, text="not yet: deliver again")
@@ -139,6 +135,25 @@ class TelegramWebhookAdapter(TelegramAdapter):
         self._publish_refused()
         log.warning("refused a request to the webhook (%s)", reason.value)
         return web.Response(status=status)
+
+    async def _answer_once(self, update: Update) -> bool:
+        """Telegram gives up waiting on a slow backend (an LLM's half minute) and delivers the
+        update again while the first attempt still runs: the redelivery waits for that attempt
+        (shielded: it outlives the request that started it) instead of relaying twice."""
+        update_id = update.update_id
+        task = self._inflight.get(update_id)
+        if task is None:
+            task = asyncio.create_task(self._answer_guarded(update))
+            self._inflight[update_id] = task
+            task.add_done_callback(lambda _: self._inflight.pop(update_id, None))
+        return await asyncio.shield(task)
+
+    async def _answer_guarded(self, update: Update) -> bool:
+        try:
+            return await self._answer(update)
+        except FatalAdapterError as exc:  # the token was revoked while replying
+            self._interrupt(exc)
+            return False
 
     async def _answer(self, update: Update) -> bool:
         """Hand one update to the backend and send its reply; True: answer 200."""

@@ -157,6 +157,32 @@ async def test_a_backend_outage_is_redelivered_by_telegram_and_nothing_is_lost(
     await gw.terminate()
 
 
+async def test_a_redelivery_during_a_slow_backend_waits_for_the_first_attempt(
+        pconn: PConn, hook_fake: FakeTelegram, backend: EchoBackend,
+        gateway: StartGateway) -> None:
+    """Telegram stops waiting on a slow answer and delivers the update again while the first
+    attempt is still with the backend: one relay, one reply, and 200 once it is done."""
+    fake = hook_fake
+    gw = await start_hooked(gateway, webhook_env(pconn, fake, backend, free_port()), pconn, fake)
+    fake.webhook.client.timeout = 0.5  # Telegram's patience, shortened
+    backend.hold = asyncio.Event()
+    fake.inject_message(62, "a slow answer")
+    await fake.wait_until(
+        lambda: sum(d.error == "Read timeout expired" for d in fake.webhook.deliveries) >= 3,
+        15, "three deliveries that timed out")
+    assert backend.texts() == ["a slow answer"]  # the redeliveries did not reach the backend
+    fake.webhook.client.timeout = 10.0
+    backend.hold.set()
+    sent = await fake.wait_for_sent(lambda m: m.chat_id == 62, 15)
+    assert sent.text == "echo: a slow answer"
+    await fake.wait_until(lambda: not fake.pending_updates, 10, "the update confirmed")
+    assert backend.texts() == ["a slow answer"]
+    assert [m.text for m in fake.sent_messages] == ["echo: a slow answer"]
+    text = await gw.metrics()
+    assert metric(text, "switchboard_gateway_messages_received_total") == 1
+    await gw.terminate()
+
+
 async def test_deliveries_that_never_arrive_show_as_retrying_with_telegrams_error(
         pconn: PConn, hook_fake: FakeTelegram, backend: EchoBackend,
         gateway: StartGateway) -> None:

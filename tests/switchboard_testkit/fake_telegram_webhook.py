@@ -228,6 +228,7 @@ class RoutedClient:
     def __init__(self, node_holder: int | None = None) -> None:
         self._node_holder = node_holder
         self.routes: dict[str, str] = {}  # host -> "ip:port"
+        self.timeout = DELIVERY_TIMEOUT  # how long the platform waits for an answer
         self._session: aiohttp.ClientSession | None = None
 
     async def post(self, url: str, data: bytes, headers: dict[str, str]
@@ -244,7 +245,7 @@ class RoutedClient:
             async with self._client().post(target, data=data,
                                            headers={"Host": parts.netloc, **headers},
                                            timeout=aiohttp.ClientTimeout(
-                                               total=DELIVERY_TIMEOUT)) as response:
+                                               total=self.timeout)) as response:
                 return response.status, await response.text(), None
         except TimeoutError:
             return None, "", "Read timeout expired"
