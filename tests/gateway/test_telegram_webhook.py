@@ -183,6 +183,27 @@ async def test_a_redelivery_during_a_slow_backend_waits_for_the_first_attempt(
     await gw.terminate()
 
 
+async def test_chats_are_answered_at_once_and_each_chat_in_order(
+        pconn: PConn, hook_fake: FakeTelegram, backend: EchoBackend,
+        gateway: StartGateway) -> None:
+    """Telegram pushes different chats' updates at once (up to max_connections) and one chat's
+    in order: the gateway relays them side by side, each once."""
+    fake = hook_fake
+    gw = await start_hooked(gateway, webhook_env(pconn, fake, backend, free_port()), pconn, fake)
+    backend.hold = asyncio.Event()
+    for chat, text in ((81, "a1"), (82, "b1"), (83, "c1"), (81, "a2")):
+        fake.inject_message(chat, text)
+    await backend.wait_until(lambda: len(backend.received) >= 3)
+    assert sorted(backend.texts()) == ["a1", "b1", "c1"]  # a2 waits for a1's answer
+    backend.hold.set()
+    await fake.wait_until(lambda: len(fake.sent_messages) >= 4, 15, "four replies")
+    await fake.wait_until(lambda: not fake.pending_updates, 10, "every update confirmed")
+    assert [m.text for m in fake.sent_messages if m.chat_id == 81] == ["echo: a1", "echo: a2"]
+    assert sorted(backend.texts()) == ["a1", "a2", "b1", "c1"]
+    assert len(fake.sent_messages) == 4
+    await gw.terminate()
+
+
 async def test_deliveries_that_never_arrive_show_as_retrying_with_telegrams_error(
         pconn: PConn, hook_fake: FakeTelegram, backend: EchoBackend,
         gateway: StartGateway) -> None:

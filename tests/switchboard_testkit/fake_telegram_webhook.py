@@ -11,10 +11,12 @@ As the Bot API documents it (core.telegram.org/bots/api#setwebhook, #getwebhooki
   in time) is retried after a growing pause, and getWebhookInfo reports last_error_date and
   last_error_message ("Wrong response from the webhook: 503 Service Unavailable",
   "Connection refused", "Read timeout expired"), as Telegram's do.
-Deviations, on purpose: one delivery at a time, in update order (Telegram may use up to
-max_connections at once); retries after 0.5, 1, 2, 4 s, then every 4 s (Telegram's pauses
-are longer and undocumented), and never given up (Telegram gives up "after a reasonable amount
-of attempts", which a test could not wait for).
+Pushes go out as Telegram's do (as grammY's deployment guide describes them): a chat's updates
+one at a time and in order (a failed one holds back the chat's later ones), different chats'
+at once, up to max_connections in flight. Deviations, on purpose: a chat is retried after
+0.5, 1, 2, 4 s, then every 4 s (Telegram's pauses are longer and undocumented), and never
+given up (Telegram gives up "after a reasonable amount of attempts", which a test could not
+wait for).
 
 The URL's host is resolved through ``route(host, "ip:port")`` (RoutedClient below, shared with
 the fake QQ's callbacks).
@@ -111,6 +113,9 @@ class WebhookPusher(Pusher):
         self.deliveries: deque[Delivery] = deque(maxlen=10_000)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._flying: dict[Any, asyncio.Task[None]] = {}  # chat -> its push in flight
+        self._failures: dict[Any, int] = {}  # chat -> failed pushes in a row
+        self._retry_at: dict[Any, float] = {}  # chat -> when its next push may go (monotonic)
 
     # ------------------------------------------------------------------ Bot API side
 
@@ -140,6 +145,7 @@ class WebhookPusher(Pusher):
         self.settings = WebhookSettings(url, None if secret is None else str(secret),
                                         min(max(max_connections, 1), 100),
                                         None if allowed is None else list(allowed))
+        self._retry_at.clear()  # a new webhook is tried at once
         self.kick()
 
     def delete(self) -> None:
@@ -181,34 +187,59 @@ class WebhookPusher(Pusher):
     # ------------------------------------------------------------------ pushing
 
     async def _run(self) -> None:
-        failures = 0
         while True:
             self._wake.clear()
-            pending = self._pending()
-            if self.settings is None or not pending:
-                await self._wake.wait()
+            settings, now = self.settings, time.monotonic()
+            if settings is not None:
+                for chat, update in self._due(now, settings.max_connections):
+                    self._flying[chat] = asyncio.create_task(self._push(settings, chat, update))
+            pauses = [at - now for at in self._retry_at.values() if at > now]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(pauses) if pauses else None):
+                    await self._wake.wait()
+
+    def _due(self, now: float, room: int) -> list[tuple[Any, dict[str, Any]]]:
+        """What to push now: each chat's first pending update (a chat's updates go in order),
+        unless that chat has a push in flight or is pausing after a failure; at most
+        max_connections pushes in flight."""
+        due: list[tuple[Any, dict[str, Any]]] = []
+        seen: set[Any] = set()
+        room -= len(self._flying)
+        for update in self._pending():
+            chat = _chat_of(update)
+            if chat in seen:
                 continue
-            update = pending[0]
-            status, error = await self._post(self.settings.url, update,
-                                             self.settings.secret_token)
+            seen.add(chat)
+            if chat in self._flying or self._retry_at.get(chat, 0.0) > now:
+                continue
+            if len(due) >= room:
+                break
+            due.append((chat, update))
+        return due
+
+    async def _push(self, settings: WebhookSettings, chat: Any, update: dict[str, Any]) -> None:
+        try:
+            status, error = await self._post(settings.url, update, settings.secret_token)
             self.deliveries.append(Delivery(update["update_id"], status, error))
             if status is not None and 200 <= status < 300:
-                failures = 0
+                self._failures.pop(chat, None)
+                self._retry_at.pop(chat, None)
                 self._confirm(update["update_id"])
             else:
-                failures += 1
+                failures = self._failures[chat] = self._failures.get(chat, 0) + 1
                 self.last_error_date = int(time.time())
                 self.last_error_message = error or _wrong_response(status)
-                self._changed()
-                pause = RETRY_PAUSES[min(failures, len(RETRY_PAUSES)) - 1]
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(pause):
-                        # A new webhook (setWebhook) is tried at once; other changes wait.
-                        settings = self.settings
-                        while self.settings is settings:
-                            await self._wake.wait()
-                            self._wake.clear()
+                self._retry_at[chat] = (time.monotonic()
+                                        + RETRY_PAUSES[min(failures, len(RETRY_PAUSES)) - 1])
             self._changed()
+        finally:
+            self._flying.pop(chat, None)
+            self._wake.set()
+
+    async def stop(self) -> None:
+        for push in list(self._flying.values()):
+            push.cancel()
+        await super().stop()
 
     async def _post(self, url: str, body: dict[str, Any],
                     secret_token: str | None) -> tuple[int | None, str | None]:
@@ -274,6 +305,17 @@ class RoutedClient:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
                 socket_factory=make_socket, force_close=True))
         return self._session
+
+
+def _chat_of(update: dict[str, Any]) -> Any:
+    """The chat an update belongs to (Telegram keeps a chat's updates in order and sends
+    different chats' at once); an update without one stands alone."""
+    for value in update.values():
+        if isinstance(value, dict):
+            chat = value.get("chat") or (value.get("message") or {}).get("chat")
+            if isinstance(chat, dict) and "id" in chat:
+                return chat["id"]
+    return ("update", update.get("update_id"))
 
 
 def _wrong_response(status: int | None) -> str:
