@@ -120,7 +120,7 @@ def test_promtool_check_rules_is_clean(binaries: Binaries,
     result = subprocess.run([str(binaries.promtool), "check", "rules", str(rules[0])],
                             text=True, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 4 rules found" in result.stdout, result.stdout
+    assert "SUCCESS: 5 rules found" in result.stdout, result.stdout
 
 
 def test_a_60_minute_outage_alerts_by_30_minutes_and_resolves(
@@ -228,4 +228,27 @@ def test_operator_down_fires_when_its_target_is_down_or_gone_and_resolves(
             {"eval_time": "12m", "alertname": "SwitchboardOperatorDown", "exp_alerts": [down]},
             {"eval_time": "20m", "alertname": "SwitchboardOperatorDown", "exp_alerts": []},
             {"eval_time": "40m", "alertname": "SwitchboardOperatorDown", "exp_alerts": [down]},
+        ]}])
+
+
+def test_refused_webhook_requests_alert_when_they_keep_coming_not_for_a_stray_one(
+        binaries: Binaries, tmp_path: Path, rules: tuple[Path, dict[str, Any]]) -> None:
+    path, by_name = rules
+    alert = "SwitchboardWebhookRefusingRequests"
+
+    def refused(connection: str, values: str) -> dict[str, str]:
+        return {"series": "switchboard_gateway_webhook_refused_total{"
+                          f'namespace="team-a",connection="{connection}",pod="{connection}-1",'
+                          f'platform="telegram",reason="secret_token"}}', "values": values}
+
+    hook = {"namespace": "team-a", "connection": "hook", "reason": "secret_token"}
+    promtool_test(binaries, tmp_path, path, [{
+        "interval": f"{SCRAPE}s",
+        # "stray": three forged requests once; "hook": one every scrape for 30 minutes.
+        "input_series": [refused("stray", "0 3x100"), refused("hook", "0+1x60 60x60")],
+        "alert_rule_test": [
+            {"eval_time": "3m", "alertname": alert, "exp_alerts": []},
+            *({"eval_time": f"{m}m", "alertname": alert,
+               "exp_alerts": [expected(by_name[alert], hook)]} for m in (9, 20, 30)),
+            {"eval_time": "45m", "alertname": alert, "exp_alerts": []},
         ]}])
