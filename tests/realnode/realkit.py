@@ -79,3 +79,34 @@ def telegram_connection(real: RealNodeCluster, ns: str, fake: Fake, backend_spec
                    "telegram": {"tokenSecretRef": {"name": "bot"}, **spec.pop("telegram", {})},
                    "backend": backend_spec, **spec}}
     real.kubectl("apply", "-f", "-", input=json.dumps(pc))
+
+
+def image_ref(real: RealNodeCluster) -> str:
+    return real.images["switchboard"][0]
+
+
+def echo_backend(real: RealNodeCluster, ns: str) -> str:
+    """The project's echo backend as a Deployment behind a Service; its cluster DNS URL."""
+    manifests = [
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "echo-backend", "namespace": ns},
+         "spec": {"selector": {"matchLabels": {"app": "echo-backend"}},
+                  "template": {"metadata": {"labels": {"app": "echo-backend"}}, "spec": {
+                      "containers": [{
+                          "name": "backend", "image": image_ref(real),
+                          "imagePullPolicy": "IfNotPresent",
+                          "command": ["python3", "-m", "switchboard_gateway.backend",
+                                      "--host", "0.0.0.0", "--port", "8090"],
+                          "ports": [{"name": "http", "containerPort": 8090}],
+                          "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+                                             "periodSeconds": 1}}]}}}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "echo-backend", "namespace": ns},
+         "spec": {"selector": {"app": "echo-backend"},
+                  "ports": [{"port": 80, "targetPort": "http"}]}},
+    ]
+    for m in manifests:
+        real.kubectl("apply", "-f", "-", input=json.dumps(m))
+    real.kubectl("-n", ns, "rollout", "status", "deployment/echo-backend", "--timeout=120s",
+                 timeout=130)
+    return f"http://echo-backend.{ns}.svc.cluster.local/relay"

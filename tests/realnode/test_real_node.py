@@ -13,7 +13,7 @@ import subprocess
 import urllib.request
 from typing import Any
 
-from realkit import SYSTEM, TOKEN, telegram_connection, wait_status
+from realkit import SYSTEM, TOKEN, echo_backend, image_ref, telegram_connection, wait_status
 
 from switchboard_testkit import netns
 from switchboard_testkit.controlplane import wait_for
@@ -29,10 +29,6 @@ def operator_pod(real: RealNodeCluster) -> dict[str, Any]:
     found = pods(real, SYSTEM, "app.kubernetes.io/name=switchboard")
     assert found, "no operator pod"
     return found[0]
-
-
-def image_ref(real: RealNodeCluster) -> str:
-    return real.images["switchboard"][0]
 
 
 def test_operator_runs_in_its_container_read_only_as_65532(real: RealNodeCluster,
@@ -93,36 +89,9 @@ def test_operator_metrics_through_its_service_cluster_ip(real: RealNodeCluster,
     assert isinstance(body, str) and "switchboard_connections" in body
 
 
-def backend(real: RealNodeCluster, ns: str) -> str:
-    """The project's echo backend as a Deployment behind a Service; its cluster DNS URL."""
-    manifests = [
-        {"apiVersion": "apps/v1", "kind": "Deployment",
-         "metadata": {"name": "echo-backend", "namespace": ns},
-         "spec": {"selector": {"matchLabels": {"app": "echo-backend"}},
-                  "template": {"metadata": {"labels": {"app": "echo-backend"}}, "spec": {
-                      "containers": [{
-                          "name": "backend", "image": image_ref(real),
-                          "imagePullPolicy": "IfNotPresent",
-                          "command": ["python3", "-m", "switchboard_gateway.backend",
-                                      "--host", "0.0.0.0", "--port", "8090"],
-                          "ports": [{"name": "http", "containerPort": 8090}],
-                          "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
-                                             "periodSeconds": 1}}]}}}},
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": {"name": "echo-backend", "namespace": ns},
-         "spec": {"selector": {"app": "echo-backend"},
-                  "ports": [{"port": 80, "targetPort": "http"}]}},
-    ]
-    for m in manifests:
-        real.kubectl("apply", "-f", "-", input=json.dumps(m))
-    real.kubectl("-n", ns, "rollout", "status", "deployment/echo-backend", "--timeout=120s",
-                 timeout=130)
-    return f"http://echo-backend.{ns}.svc.cluster.local/relay"
-
-
 def test_gateway_reaches_its_backend_by_service_dns_name(real: RealNodeCluster, chart: str,
                                                         ns: str, fake_telegram: Any) -> None:
-    url = backend(real, ns)
+    url = echo_backend(real, ns)
     fake = fake_telegram(TOKEN)
     telegram_connection(real, ns, fake, {"url": url})
     wait_status(real, ns, "bot", lambda s: s.get("state") == "connected", 120, "connected")

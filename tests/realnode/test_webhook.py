@@ -1,6 +1,7 @@
 """Telegram webhook delivery end to end on the real node: the operator's Service (kube-proxy)
 and Ingress object, the secret-token Secret it creates, the gateway's setWebhook, the fake Bot
-API pushing through the Service, forged requests refused, and switching modes both ways."""
+API pushing through the Service, forged requests refused, a backend outage redelivered, and
+switching modes both ways."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import base64
 import json
 from typing import Any
 
-from realkit import SYSTEM, TOKEN, Fake, telegram_connection, wait_status
+from realkit import SYSTEM, TOKEN, Fake, echo_backend, telegram_connection, wait_status
 
 from switchboard_testkit.controlplane import wait_for
 from switchboard_testkit.realnode import WEBHOOK_TEST_HOST, RealNodeCluster
@@ -138,6 +139,42 @@ def test_switching_a_connection_between_polling_and_webhook_loses_nothing(
     sent = fake.call("sent", method="GET")["result"]
     assert sorted(m["chat_id"] for m in sent) == [11, 12, 13]  # each answered once
     assert status["state"] == "connected"
+
+
+def test_a_backend_outage_is_redelivered_through_the_service_and_nothing_is_lost(
+        real: RealNodeCluster, chart: str, ns: str, fake_telegram: Any) -> None:
+    """The backend Deployment scaled to zero: the gateway answers Telegram 503, Telegram
+    delivers again, and once the backend is back the message is answered exactly once."""
+    fake = fake_telegram(TOKEN, "--allow-http-webhooks")
+    telegram_connection(real, ns, fake, {"url": echo_backend(real, ns)},
+                        telegram={"reconnect": FAST}, delivery=webhook_delivery())
+    route_to_service(real, ns, fake)
+    wait_status(real, ns, "bot", lambda s: s.get("state") == "connected" and (
+        s.get("webhook") or {}).get("url") == URL, 120, "connected over the webhook")
+
+    real.kubectl("-n", ns, "scale", "deployment/echo-backend", "--replicas=0")
+    real.kubectl("-n", ns, "wait", "--for=delete", "pod", "-l", "app=echo-backend",
+                 "--timeout=60s", timeout=70)
+    fake.call("inject_message", {"chat_id": 21, "text": "while the backend is down"})
+
+    def refused() -> int:
+        state = fake.call("state", method="GET")["result"]
+        return sum(d["status"] == 503 for d in state["webhook_deliveries"])
+
+    wait_for(lambda: refused() >= 2, 60, "two deliveries answered 503")
+    status = wait_status(real, ns, "bot", lambda s: (s.get("lastError") or {}).get(
+        "code") == "backend_error", 30, "the backend's error in status")
+    assert status["state"] == "connected"  # Telegram's side works
+    assert fake.call("sent", method="GET")["result"] == []
+
+    real.kubectl("-n", ns, "scale", "deployment/echo-backend", "--replicas=1")
+    fake.call("wait_for_sent", {"timeout": 90, "contains": "while the backend is down"})
+    wait_for(lambda: fake.call("state", method="GET")["result"]["pending_updates"] == 0, 30,
+             "the update confirmed")
+    sent = fake.call("sent", method="GET")["result"]
+    assert [m["text"] for m in sent] == ["echo: while the backend is down"]  # once
+    wait_status(real, ns, "bot", lambda s: s.get("state") == "connected" and
+                not s.get("lastError"), 60, "connected without the backend's error")
 
 
 QQ_APP_ID, QQ_SECRET = "102000777", "real-node-qq-client-secret"
