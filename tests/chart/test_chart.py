@@ -99,12 +99,15 @@ def test_operator_pod_is_restricted(cluster: Cluster) -> None:
 
 
 
-def test_alerts_use_metrics_the_operator_exports(cluster: Cluster) -> None:
+def test_alerts_use_metrics_the_operator_and_gateway_export(cluster: Cluster) -> None:
     import re
 
     from prometheus_client import REGISTRY
 
     import switchboard_operator.metrics  # noqa: F401 - registers the operator's metrics
+    from switchboard_gateway import metrics as gateway
+
+    gateway.initialise("telegram")  # the gateway's, as the PodMonitor scrapes them
 
     # Family names too: a labelled metric has no samples until its first label set.
     exported = {n for m in REGISTRY.collect() for n in (m.name, *(s.name for s in m.samples))}
