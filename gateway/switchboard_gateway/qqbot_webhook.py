@@ -59,7 +59,7 @@ class QQBotWebhookAdapter(QQBotAdapter):
         self._public = self._key.public_key()
         self.wall = wall  # the clock stale timestamps are judged by (injected in tests)
         self.readiness = readiness
-        self._inflight: dict[str, asyncio.Task[bool]] = {}
+        self._attempts = webhook_server.Attempts()  # by message id
         self._replies: set[asyncio.Task[None]] = set()
         self._refused = 0
         self._runner: web.AppRunner | None = None
@@ -171,12 +171,7 @@ class QQBotWebhookAdapter(QQBotAdapter):
             metrics.DUPLICATES.labels(platform=PLATFORM).inc()
             metrics.WEBHOOK_DELIVERIES.labels(PLATFORM, "duplicate").inc()
             return True
-        task = self._inflight.get(message.message_id)
-        if task is None:
-            task = asyncio.create_task(self._accept(message))
-            self._inflight[message.message_id] = task
-            task.add_done_callback(lambda _: self._inflight.pop(message.message_id, None))
-        return await asyncio.shield(task)
+        return await self._attempts.join(message.message_id, lambda: self._accept(message))
 
     async def _accept(self, message: ChatMessage) -> bool:
         try:

@@ -86,7 +86,7 @@ class TelegramWebhookAdapter(TelegramAdapter):
         self._last_ok: float | None = None  # when it last answered a delivery 2xx
         self._last_refused: float | None = None  # ... or 503 on purpose
         self._done: OrderedDict[int, None] = OrderedDict()  # update ids answered 200
-        self._inflight: dict[int, asyncio.Task[bool]] = {}  # update id -> its first attempt
+        self._attempts = webhook_server.Attempts()  # by update id
         self._refused = 0
         self._backend_failing = False  # the last delivery failed at the backend
         self._runner: web.AppRunner | None = None
@@ -138,15 +138,8 @@ class TelegramWebhookAdapter(TelegramAdapter):
 
     async def _answer_once(self, update: Update) -> bool:
         """Telegram gives up waiting on a slow backend (an LLM's half minute) and delivers the
-        update again while the first attempt still runs: the redelivery waits for that attempt
-        (shielded: it outlives the request that started it) instead of relaying twice."""
-        update_id = update.update_id
-        task = self._inflight.get(update_id)
-        if task is None:
-            task = asyncio.create_task(self._answer_guarded(update))
-            self._inflight[update_id] = task
-            task.add_done_callback(lambda _: self._inflight.pop(update_id, None))
-        return await asyncio.shield(task)
+        update again: the redelivery joins the attempt still running."""
+        return await self._attempts.join(update.update_id, lambda: self._answer_guarded(update))
 
     async def _answer_guarded(self, update: Update) -> bool:
         try:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -30,3 +31,21 @@ async def serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     server = site._server
     assert isinstance(server, asyncio.Server)
     return runner, int(server.sockets[0].getsockname()[1])
+
+
+class Attempts:
+    """One attempt per update: the platform gives up waiting on a slow answer and posts the
+    same update again while the first attempt still runs; the repeat joins that attempt
+    (shielded: it outlives the request that started it) instead of relaying twice."""
+
+    def __init__(self) -> None:
+        self._running: dict[Hashable, asyncio.Task[bool]] = {}
+
+    async def join(self, key: Hashable,
+                   start: Callable[[], Coroutine[Any, Any, bool]]) -> bool:
+        task = self._running.get(key)
+        if task is None:
+            task = asyncio.create_task(start())
+            self._running[key] = task
+            task.add_done_callback(lambda _: self._running.pop(key, None))
+        return await asyncio.shield(task)
